@@ -1,0 +1,46 @@
+# The two commands that matter: `make run` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SAMPLE := data/sample-events.jsonl.gz
+
+.PHONY: install run test lint typecheck pytest schemas sample bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: replay the sample data shipped in the repo and print the report
+run: install
+	$(BIN)/linkwatch replay $(SAMPLE) --out /tmp/linkwatch-triggers.jsonl --dead-letters /tmp/linkwatch-dead-letters.jsonl
+	@echo "triggers: /tmp/linkwatch-triggers.jsonl   dead letters: /tmp/linkwatch-dead-letters.jsonl"
+
+## test: lint, type-check (mypy strict on src/), schemas in sync, the whole pytest suite
+test: install lint typecheck
+	$(BIN)/linkwatch schemas --check
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy src
+
+schemas: install
+	$(BIN)/linkwatch schemas
+
+## sample: regenerate the sample data (deterministic: same bytes every time)
+sample: install
+	$(BIN)/linkwatch simulate --out $(SAMPLE) --users 400 --seed 7 --start 1732233600000
+
+bench: install
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
