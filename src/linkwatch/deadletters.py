@@ -1,0 +1,62 @@
+"""Dead letters: every rejected input record, with why and where it came from."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.triggers import derive_id
+
+
+class FileSource(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["file"] = "file"
+    path: str
+    line: int = Field(ge=1, description="1-based line number in the (decompressed) file")
+
+
+class KafkaSource(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["kafka"] = "kafka"
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
+Source = Annotated[FileSource | KafkaSource, Field(discriminator="type")]
+
+
+class DeadLetter(BaseModel):
+    """A rejected record. `raw` holds the original bytes, base64, untouched."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dead_letter_id: str = Field(description="Deterministic: hash of the original bytes + reason")
+    reason: RejectReason
+    field: str | None = Field(description="The offending field, when one is to blame")
+    message: str
+    raw: str = Field(description="The original record bytes, base64-encoded")
+    raw_size: int = Field(ge=0)
+    source: Source
+
+    @classmethod
+    def from_rejection(
+        cls, raw: bytes, rejection: RecordRejected, source: FileSource | KafkaSource
+    ) -> DeadLetter:
+        return cls(
+            dead_letter_id=derive_id("dead_letter", rejection.reason.value, raw.hex()),
+            reason=rejection.reason,
+            field=rejection.field,
+            message=rejection.message,
+            raw=base64.b64encode(raw).decode("ascii"),
+            raw_size=len(raw),
+            source=source,
+        )
+
+    def original_bytes(self) -> bytes:
+        return base64.b64decode(self.raw)

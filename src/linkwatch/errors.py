@@ -1,0 +1,42 @@
+"""One exception tree for LinkWatch. Control flow (rejections) is separate from failures."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class LinkWatchError(Exception):
+    """Root of every error LinkWatch raises on purpose."""
+
+
+class ConfigError(LinkWatchError):
+    """A journeys/configuration file is invalid; the message names the place and the fix."""
+
+
+class RejectReason(StrEnum):
+    """Why an input record was rejected. Stable codes: dashboards and consumers key on them."""
+
+    TOO_LARGE = "too_large"
+    EMPTY = "empty"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_KIND = "unknown_kind"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    NEGATIVE_AMOUNT = "negative_amount"
+    FUTURE_TIMESTAMP = "future_timestamp"
+
+
+class RecordRejected(LinkWatchError):  # a verdict on a record, not a failure
+    """An input record that cannot be accepted. Not fatal: it becomes a dead letter."""
+
+    def __init__(self, reason: RejectReason, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.field = field
+
+    def __repr__(self) -> str:
+        return f"RecordRejected({self.reason.value!r}, {self.message!r}, field={self.field!r})"

@@ -1,0 +1,95 @@
+"""Re-engagement triggers: the records notification services consume.
+
+A trigger's id is a hash of the inputs that caused it, never of when or where it was
+computed, so a replay, a restart or a redelivery reproduces the same id and consumers can
+de-duplicate on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Cause(StrEnum):
+    """Why a user dropped off (DOMAIN.md, in the order a buyer meets them), plus dead ends."""
+
+    UNFAMILIAR = "unfamiliar"
+    NOT_UNDERSTOOD = "not_understood"
+    INDIFFERENT = "indifferent"
+    DISTRUST = "distrust"
+    DISTRACTED = "distracted"
+    DEAD_END = "dead_end"
+
+
+DROPOFF_CAUSES: Final = tuple(c for c in Cause if c is not Cause.DEAD_END)
+
+# Default remedy hints; a journey step may override its own.
+REMEDIES: Final[dict[Cause, str]] = {
+    Cause.UNFAMILIAR: "brand/intro content",
+    Cause.NOT_UNDERSTOOD: "explainer, use-case content",
+    Cause.INDIFFERENT: "offer, coupon, social proof",
+    Cause.DISTRUST: "reviews, guarantees, KOC testimony",
+    Cause.DISTRACTED: "plain reminder, one-click resume",
+    Cause.DEAD_END: "fix the link; resend a working link",
+}
+
+TriggerType = Literal["dropoff", "dead_end"]
+_DATE_TIME: Final[dict[str, Any]] = {"format": "date-time"}
+
+
+class TriggerContext(BaseModel):
+    """Where the user was when the journey broke: enough for a sender to pick a message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str | None = None
+    campaign_id: str | None = None
+    content_id: str | None = None
+    link_id: str | None = None
+    url: str | None = None
+    page: str | None = None
+    session_id: str | None = None
+    ref_share_id: str | None = Field(
+        default=None, description="The share the user came through, if any"
+    )
+    landing_status: int | None = None
+
+
+class Trigger(BaseModel):
+    """A re-engagement trigger. Consumers de-duplicate on `trigger_id`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trigger_id: str = Field(description="Deterministic: the same input always gives the same id")
+    type: TriggerType
+    journey: str | None = Field(description="Journey name; null for a dead end")
+    user_id: str
+    last_step: str | None = Field(description="Last step the user reached")
+    missed_step: str | None = Field(description="The step the user did not reach")
+    cause: Cause
+    remedy: str
+    event_time: str = Field(
+        description="Event time of the breakpoint (RFC 3339, UTC)", json_schema_extra=_DATE_TIME
+    )
+    deadline: str | None = Field(
+        description="For a drop-off: when the budget ran out", json_schema_extra=_DATE_TIME
+    )
+    last_step_at: str | None = Field(
+        description="Event time the last step was reached", json_schema_extra=_DATE_TIME
+    )
+    started_by: str = Field(description="event_id of the event that started the instance")
+    context: TriggerContext
+
+
+def derive_id(*parts: str) -> str:
+    """A 128-bit hex id from its inputs. Parts are length-prefixed so no two tuples collide."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        encoded = part.encode()
+        digest.update(len(encoded).to_bytes(4, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
