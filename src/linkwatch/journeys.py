@@ -1,0 +1,368 @@
+"""Declarative journeys: TOML in, validated and compiled step matchers out.
+
+Journeys are configuration, not code. A file is validated as a whole at start-up; any problem
+raises `ConfigError` whose message names the journey, the step and the field, and says what
+would be accepted instead.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from linkwatch.errors import ConfigError
+from linkwatch.events import EVENT_MODELS, KINDS, MATCHABLE_FIELDS, Event
+from linkwatch.triggers import DROPOFF_CAUSES, REMEDIES, Cause
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+DEFAULT_JOURNEYS_FILE: Final = "journeys.toml"
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '1h30m', '2d' → milliseconds. Strictly positive."""
+    cleaned = text.strip()
+    pos = 0
+    total = 0
+    for match in _DURATION_PART.finditer(cleaned):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT_MS[match.group(2)]
+        pos = match.end()
+    if pos != len(cleaned) or not cleaned:
+        raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 5m, 1h30m, 2d)")
+    if total <= 0:
+        raise ValueError(f"duration {text!r} must be greater than zero")
+    return total
+
+
+Duration = Annotated[str, Field(description="e.g. 30s, 5m, 1h30m, 2d")]
+MatchScalar = str | int | float | bool
+
+
+class ExistsTest(BaseModel):
+    """`{ exists = true }`: the field is present (not null); `false`: absent or null."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    exists: bool
+
+
+MatchValue = MatchScalar | list[MatchScalar] | ExistsTest
+
+
+class SettingsSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_lateness: Duration = "10s"
+    dedup_window: int = Field(default=32, ge=1, le=1024)
+    max_pending: int = Field(default=512, ge=1, le=100_000)
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _lateness(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    match: dict[str, MatchValue] = Field(min_length=1)
+    within: Duration | None = None
+    cause: Cause | None = None
+    remedy: str | None = Field(default=None, max_length=500)
+
+    @field_validator("within")
+    @classmethod
+    def _within(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class JourneySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    description: str = ""
+    exit: list[dict[str, MatchValue]] = Field(default_factory=list)
+    step: list[StepSpec] = Field(min_length=2)
+
+
+class JourneysFileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    journey: list[JourneySpec] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled form: what the engine uses on the hot path.
+
+_MISSING: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    field: str  # top-level field name, or the key inside props
+    in_props: bool
+    allowed: frozenset[tuple[bool, Any]] | None  # (is_bool, value) pairs; None: exists test
+    exists: bool = True
+
+    def holds(self, event: Event) -> bool:
+        value = (
+            event.props.get(self.field, _MISSING)
+            if self.in_props
+            else getattr(event, self.field, _MISSING)
+        )
+        if self.allowed is None:
+            present = value is not _MISSING and value is not None
+            return present is self.exists
+        # Tagged with "is it a bool" so True never matches 1 (bool is an int in Python).
+        return (type(value) is bool, value) in self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    kinds: frozenset[str]
+    conditions: tuple[Condition, ...]
+
+    def matches(self, event: Event) -> bool:
+        if event.kind not in self.kinds:
+            return False
+        for condition in self.conditions:  # noqa: SIM110 - hot path: no generator
+            if not condition.holds(event):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    matcher: Matcher
+    within_ms: int  # 0 for the first step (it has no budget)
+    cause: Cause | None
+    remedy: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    exits: tuple[Matcher, ...]
+    kinds: frozenset[str]  # every kind any step or exit can match: a cheap pre-filter
+
+
+@dataclass(frozen=True, slots=True)
+class JourneySet:
+    journeys: tuple[Journey, ...]
+    allowed_lateness_ms: int
+    dedup_window: int
+    max_pending: int
+
+    def by_name(self, name: str) -> Journey:
+        for journey in self.journeys:
+            if journey.name == name:
+                return journey
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_journeys(path: Path | str | None = None) -> JourneySet:
+    """Load and validate a journeys file; `None` loads the default shipped with LinkWatch."""
+    if path is None:
+        text = resources.files("linkwatch").joinpath(DEFAULT_JOURNEYS_FILE).read_text("utf-8")
+        return parse_journeys(text, source=f"(built-in {DEFAULT_JOURNEYS_FILE})")
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read journeys file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: journeys file is not valid UTF-8") from None
+    return parse_journeys(text, source=str(path))
+
+
+def parse_journeys(text: str, source: str = "<journeys>") -> JourneySet:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        spec = JourneysFileSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(source, raw, exc)) from None
+    return compile_journeys(spec, source)
+
+
+def compile_journeys(spec: JourneysFileSpec, source: str = "<journeys>") -> JourneySet:
+    problems: list[str] = []
+    seen: set[str] = set()
+    journeys: list[Journey] = []
+    for j_index, jspec in enumerate(spec.journey):
+        where = f"journey[{j_index}] {jspec.name!r}"
+        if jspec.name in seen:
+            problems.append(f"{where}: duplicate journey name")
+        seen.add(jspec.name)
+        steps: list[Step] = []
+        step_names: set[str] = set()
+        for s_index, sspec in enumerate(jspec.step):
+            s_where = f"{where} → step[{s_index}] {sspec.name!r}"
+            if sspec.name in step_names:
+                problems.append(f"{s_where}: duplicate step name in this journey")
+            step_names.add(sspec.name)
+            if s_index == 0:
+                if sspec.within is not None or sspec.cause is not None:
+                    problems.append(
+                        f"{s_where}: the first step starts the journey; it takes no "
+                        "'within' or 'cause'"
+                    )
+            else:
+                if sspec.within is None:
+                    problems.append(f"{s_where}: 'within' is required (e.g. within = \"30m\")")
+                if sspec.cause is None:
+                    causes = ", ".join(c.value for c in DROPOFF_CAUSES)
+                    problems.append(f"{s_where}: 'cause' is required (one of {causes})")
+                elif sspec.cause is Cause.DEAD_END:
+                    problems.append(
+                        f"{s_where}: 'dead_end' is reserved for failed landings; "
+                        "use a drop-off cause"
+                    )
+            matcher = _compile_match(sspec.match, f"{s_where} → match", problems)
+            steps.append(
+                Step(
+                    name=sspec.name,
+                    matcher=matcher,
+                    within_ms=parse_duration(sspec.within) if sspec.within else 0,
+                    cause=sspec.cause,
+                    remedy=sspec.remedy
+                    or (REMEDIES[sspec.cause] if sspec.cause is not None else None),
+                )
+            )
+        exits = tuple(
+            _compile_match(m, f"{where} → exit[{i}]", problems) for i, m in enumerate(jspec.exit)
+        )
+        kinds = frozenset().union(*(s.matcher.kinds for s in steps), *(e.kinds for e in exits))
+        journeys.append(Journey(jspec.name, jspec.description, tuple(steps), exits, kinds))
+    if problems:
+        raise ConfigError(f"{source}: invalid journeys:\n  - " + "\n  - ".join(problems))
+    return JourneySet(
+        journeys=tuple(journeys),
+        allowed_lateness_ms=parse_duration(spec.settings.allowed_lateness),
+        dedup_window=spec.settings.dedup_window,
+        max_pending=spec.settings.max_pending,
+    )
+
+
+def _literal_values(kind: str, field: str) -> frozenset[Any] | None:
+    """The allowed values of a field whose type is a closed set (page, target, action...)."""
+    annotation = EVENT_MODELS[kind].model_fields[field].annotation
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is Literal:
+            return frozenset(typing.get_args(candidate))
+    return None
+
+
+def _compile_match(spec: dict[str, Any], where: str, problems: list[str]) -> Matcher:
+    kinds: frozenset[str] = frozenset(KINDS)
+    kind_value = spec.get("kind")
+    if kind_value is not None:
+        wanted = kind_value if isinstance(kind_value, list) else [kind_value]
+        unknown = [k for k in wanted if k not in KINDS]
+        if unknown or isinstance(kind_value, ExistsTest) or not wanted:
+            problems.append(f"{where}: kind {kind_value!r} is not one of {', '.join(KINDS)}")
+        else:
+            kinds = frozenset(wanted)
+    conditions: list[Condition] = []
+    for field, value in spec.items():
+        if field == "kind":
+            continue
+        if field.startswith("props."):
+            key = field.removeprefix("props.")
+            if not key:
+                problems.append(f"{where}: 'props.' needs a key name (e.g. props.sku)")
+                continue
+            conditions.append(_condition(key, True, value))
+            continue
+        lacking = sorted(k for k in kinds if field not in MATCHABLE_FIELDS[k])
+        if lacking == sorted(kinds):
+            problems.append(
+                f"{where}: no event kind {'/'.join(sorted(kinds))} has a field {field!r} "
+                "(use props.NAME for custom properties)"
+            )
+            continue
+        if kind_value is not None and lacking:
+            problems.append(f"{where}: field {field!r} does not exist on kind {', '.join(lacking)}")
+            continue
+        bad_values = _bad_literal_values(kinds - set(lacking), field, value)
+        if bad_values:
+            problems.append(f"{where}: {field} {bad_values}")
+            continue
+        conditions.append(_condition(field, False, value))
+        if kind_value is None:
+            # A field only some kinds have narrows the step to those kinds.
+            kinds = kinds - frozenset(lacking)
+    return Matcher(kinds=kinds, conditions=tuple(conditions))
+
+
+def _bad_literal_values(kinds: frozenset[str], field: str, value: Any) -> str | None:
+    if isinstance(value, ExistsTest):
+        return None
+    values = value if isinstance(value, list) else [value]
+    for kind in sorted(kinds):
+        allowed = _literal_values(kind, field)
+        if allowed is None:
+            continue
+        wrong = [v for v in values if v not in allowed]
+        if wrong:
+            return f"value {wrong[0]!r} is not one of {', '.join(sorted(allowed))}"
+    return None
+
+
+def _condition(field: str, in_props: bool, value: Any) -> Condition:
+    if isinstance(value, ExistsTest):
+        return Condition(field, in_props, None, value.exists)
+    values = value if isinstance(value, list) else [value]
+    return Condition(field, in_props, frozenset((type(v) is bool, v) for v in values))
+
+
+def _format_validation(source: str, raw: dict[str, Any], exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        lines.append(f"{_describe_loc(raw, err['loc'])}: {err['msg']}")
+    return f"{source}: invalid journeys:\n  - " + "\n  - ".join(lines)
+
+
+def _describe_loc(raw: Any, loc: tuple[int | str, ...]) -> str:
+    """('journey', 0, 'step', 1, 'within') → "journey[0] 'x' → step[1] 'y' → within"."""
+    parts: list[str] = []
+    node = raw
+    i = 0
+    while i < len(loc):
+        key = loc[i]
+        nxt = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(nxt, int) and isinstance(node, dict) and isinstance(node.get(key), list):
+            items = node[key]
+            item = items[nxt] if nxt < len(items) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            parts.append(f"{key}[{nxt}]" + (f" {name!r}" if isinstance(name, str) else ""))
+            node = item
+            i += 2
+            continue
+        parts.append(str(key))
+        node = node.get(key) if isinstance(node, dict) else None
+        i += 1
+    return " → ".join(parts) or "(file)"
