@@ -1,0 +1,112 @@
+"""Per-user journey state: small immutable tuples, and their compact wire form.
+
+The engine never mutates a state it is given; it returns a new one. States are stored per user
+(a dict offline, a Faust table live), so the wire form is compact JSON arrays, not objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from linkwatch.codec import validate_event
+from linkwatch.events import Event
+
+WIRE_VERSION: Final = 1
+
+
+class Context(NamedTuple):
+    """Where the user was at the last step reached (copied into triggers)."""
+
+    channel: str | None = None
+    campaign_id: str | None = None
+    content_id: str | None = None
+    link_id: str | None = None
+    url: str | None = None
+    page: str | None = None
+    session_id: str | None = None
+    ref_share_id: str | None = None
+    landing_status: int | None = None
+
+    @classmethod
+    def of(cls, event: Event) -> Context:
+        return cls(
+            event.channel,
+            event.campaign_id,
+            event.content_id,
+            getattr(event, "link_id", None),
+            getattr(event, "url", None),
+            getattr(event, "page", None),
+            event.session_id,
+            getattr(event, "ref_share_id", None),
+            getattr(event, "landing_status", None),
+        )
+
+
+class Instance(NamedTuple):
+    """One user's active run through one journey."""
+
+    step: int  # index of the last step reached
+    started_by: str  # event_id of the event that started the instance
+    reached_at: int  # event time (ms) the last step was reached
+    deadline: int  # event time (ms) by which the next step must be reached
+    context: Context
+
+
+class UserState(NamedTuple):
+    instances: Mapping[str, Instance]  # journey name → active instance; never mutated in place
+    pending: tuple[Event, ...]  # accepted but not yet applied, sorted by (ts, event_id)
+    recent: tuple[int, ...]  # 64-bit hashes of the most recent event_ids (de-duplication)
+    last_seen: int  # newest event time seen for this user (ms)
+
+
+EMPTY_INSTANCES: Final[Mapping[str, Instance]] = MappingProxyType({})
+
+
+def event_id_hash(event_id: str) -> int:
+    """Stable across processes (unlike hash()), so persisted de-dup memory survives restarts."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+def event_order(event: Event) -> tuple[int, str]:
+    """The order events are applied in: event time, then event_id to break ties."""
+    return (event.ts, event.event_id)
+
+
+def dump_state(state: UserState) -> bytes:
+    """Compact wire form: [version, instances, pending, recent, last_seen]."""
+    return orjson.dumps(
+        [
+            WIRE_VERSION,
+            {
+                name: [i.step, i.started_by, i.reached_at, i.deadline, list(i.context)]
+                for name, i in state.instances.items()
+            },
+            [
+                e.model_dump(mode="json", exclude_defaults=True) | {"kind": e.kind}
+                for e in state.pending
+            ],
+            list(state.recent),
+            state.last_seen,
+        ]
+    )
+
+
+def load_state(raw: bytes) -> UserState:
+    data: list[Any] = orjson.loads(raw)
+    if not isinstance(data, list) or not data or data[0] != WIRE_VERSION:
+        raise ValueError(f"unsupported state wire format: {raw[:40]!r}")
+    _, instances, pending, recent, last_seen = data
+    return UserState(
+        instances={
+            name: Instance(step, started_by, reached_at, deadline, Context(*context))
+            for name, (step, started_by, reached_at, deadline, context) in instances.items()
+        },
+        pending=tuple(validate_event(item) for item in pending),
+        recent=tuple(recent),
+        last_seen=last_seen,
+    )
