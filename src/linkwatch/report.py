@@ -1,0 +1,122 @@
+"""Counting what the engine did, and printing it: the replay report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from linkwatch.engine import Output, Transition, Verdict
+from linkwatch.errors import RejectReason
+from linkwatch.journeys import JourneySet
+from linkwatch.triggers import Trigger
+
+
+@dataclass
+class Report:
+    journeys: JourneySet
+    read: int = 0
+    valid: int = 0
+    rejected: Counter[RejectReason] = field(default_factory=Counter)
+    duplicate: int = 0
+    late: int = 0
+    started: Counter[str] = field(default_factory=Counter)  # journey
+    reached: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, step)
+    dropped: Counter[tuple[str, str, str]] = field(
+        default_factory=Counter
+    )  # (journey, missed, cause)
+    converted: Counter[str] = field(default_factory=Counter)
+    exited: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, last step)
+    open: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, last step)
+    triggers: Counter[str] = field(default_factory=Counter)  # type
+
+    def count_verdict(self, verdict: Verdict) -> None:
+        self.valid += 1
+        if verdict is Verdict.DUPLICATE:
+            self.duplicate += 1
+        elif verdict is Verdict.LATE:
+            self.late += 1
+
+    def count_outputs(self, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Trigger):
+                self.triggers[out.type] += 1
+                continue
+            self._count_transition(out)
+
+    def _count_transition(self, t: Transition) -> None:
+        if t.outcome == "started":
+            self.started[t.journey] += 1
+            self.reached[t.journey, t.step] += 1
+        elif t.outcome == "reached":
+            self.reached[t.journey, t.step] += 1
+        elif t.outcome == "converted":
+            self.converted[t.journey] += 1
+        elif t.outcome == "exited":
+            self.exited[t.journey, t.step] += 1
+        else:
+            self.dropped[t.journey, t.step, t.cause or ""] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": {
+                "read": self.read,
+                "valid": self.valid,
+                "rejected": sum(self.rejected.values()),
+                "rejected_by_reason": {r.value: n for r, n in sorted(self.rejected.items())},
+                "duplicate": self.duplicate,
+                "late": self.late,
+            },
+            "triggers": dict(sorted(self.triggers.items())),
+            "journeys": {
+                j.name: {
+                    "started": self.started[j.name],
+                    "converted": self.converted[j.name],
+                    "steps": [
+                        {
+                            "step": s.name,
+                            "reached": self.reached[j.name, s.name],
+                            "dropped_off": self.dropped[j.name, s.name, s.cause.value]
+                            if s.cause
+                            else 0,
+                            "cause": s.cause.value if s.cause else None,
+                            "exited_after": self.exited[j.name, s.name],
+                            "open_after": self.open[j.name, s.name],
+                        }
+                        for s in j.steps
+                    ],
+                }
+                for j in self.journeys.journeys
+            },
+        }
+
+    def render(self) -> str:
+        data = self.to_dict()
+        ev = data["events"]
+        lines = [
+            "events   read {read:>9,}   valid {valid:>9,}   rejected {rejected:>7,}   "
+            "duplicate {duplicate:>7,}   late {late:>7,}".format(**ev),
+        ]
+        if ev["rejected_by_reason"]:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in ev["rejected_by_reason"].items())
+            lines.append(f"rejected by reason: {reasons}")
+        trig = ", ".join(f"{t} {n:,}" for t, n in data["triggers"].items()) or "none"
+        lines.append(f"triggers: {trig}")
+        for name, jdata in data["journeys"].items():
+            started = jdata["started"]
+            rate = f"{jdata['converted'] / started:.1%}" if started else "-"
+            lines.append("")
+            lines.append(
+                f"journey {name}: started {started:,}, converted {jdata['converted']:,} ({rate})"
+            )
+            lines.append(
+                f"  {'step':<18}{'reached':>9}{'dropped off':>13}  {'cause':<15}"
+                f"{'exited':>8}{'open':>8}"
+            )
+            for s in jdata["steps"]:
+                lines.append(
+                    f"  {s['step']:<18}{s['reached']:>9,}{s['dropped_off']:>13,}  "
+                    f"{s['cause'] or '-':<15}{s['exited_after']:>8,}{s['open_after']:>8,}"
+                )
+        return "\n".join(lines)
