@@ -79,6 +79,41 @@ def test_budget_runs_from_the_event_that_reached_the_previous_step(
     assert triggers[0].deadline == format_ts(at(34) + 3_600_000)
 
 
+def test_the_starting_event_also_reaches_later_steps_it_matches(
+    default_journeys: JourneySet,
+) -> None:
+    # A share click that lands on a product page has reached both the share click and the
+    # product: no `unfamiliar` drop-off for a product the user saw.
+    share_click = click("a", at(0), "product", ref_share_id="s1", channel="moments")
+    triggers, result = run(default_journeys, [share_click, tick(at(90))])
+    journey = "share_click_to_purchase"
+    assert result.report.reached[journey, "share_click"] == 1
+    assert result.report.reached[journey, "product"] == 1
+    assert [t.missed_step for t in triggers if t.journey == journey] == []
+    assert result.report.open[journey, "product"] == 1
+
+
+def test_a_starting_event_that_is_also_the_last_step_converts(cart_journeys: JourneySet) -> None:
+    from linkwatch.journeys import parse_journeys
+
+    text = """
+[[journey]]
+name = "any_purchase"
+  [[journey.step]]
+  name = "first"
+  match = { kind = "purchase" }
+  [[journey.step]]
+  name = "paid"
+  match = { kind = "purchase", currency = "CNY" }
+  within = "1h"
+  cause = "distracted"
+"""
+    triggers, result = run(parse_journeys(text), [purchase("p", at(0)), tick(at(120))])
+    assert result.report.converted["any_purchase"] == 1
+    assert triggers == []
+    assert sum(result.report.open.values()) == 0
+
+
 # Rule 3 ---------------------------------------------------------------------------------------
 
 

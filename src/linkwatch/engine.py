@@ -11,6 +11,7 @@ which they arrived. Dead ends depend on one event alone and are emitted on arriv
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final, Literal, NamedTuple
 
@@ -55,15 +56,24 @@ class Accepted(NamedTuple):
     state: UserState
     outputs: list[Output]
     verdict: Verdict
+    # A wake-up the caller must schedule for this user, or None when one already scheduled
+    # is early enough. Reported here because the engine knows it for free.
+    wake: int | None
 
 
 class Advanced(NamedTuple):
     state: UserState | None  # None: nothing left worth keeping for this user
     outputs: list[Output]
+    wake: int | None  # when `advance` next has something to do for this user
 
 
 def new_state() -> UserState:
     return UserState(EMPTY_INSTANCES, (), (), 0)
+
+
+_NO_OUTPUTS: Final[list[Output]] = []
+# Sentinel from `_advance`: the instance reached its last step.
+_CONVERTED: Final = Instance(-1, "", 0, 0, Context())
 
 
 class JourneyEngine:
@@ -72,6 +82,7 @@ class JourneyEngine:
     def __init__(self, journeys: JourneySet, state_ttl_ms: int = DEFAULT_STATE_TTL_MS) -> None:
         self.journeys = journeys
         self.state_ttl_ms = state_ttl_ms
+        self._journey_by_name = {j.name: j for j in journeys.journeys}
         # Per kind, only the journeys that can react to it: the hot path skips the rest.
         self._by_kind: dict[str, tuple[Journey, ...]] = {}
         for journey in journeys.journeys:
@@ -80,28 +91,35 @@ class JourneyEngine:
 
     # -- arrival -------------------------------------------------------------------------------
 
-    def accept(self, state: UserState, event: Event, watermark: int | None) -> Accepted:
-        """An event arrives. De-duplicate, classify as late or buffer it; emit dead ends now."""
+    def accept(self, state: UserState | None, event: Event, watermark: int | None) -> Accepted:
+        """An event arrives. De-duplicate, classify as late or buffer it; emit dead ends now.
+        `state` is None for a user with no state yet."""
+        is_new = state is None
+        if state is None:
+            state = new_state()
         id_hash = event_id_hash(event.event_id)
-        if id_hash in state.recent:
-            return Accepted(state, [], Verdict.DUPLICATE)
-        recent = (*state.recent[-(self.journeys.dedup_window - 1) :], id_hash)
+        recent = state.recent
+        if id_hash in recent:
+            return Accepted(state, _NO_OUTPUTS, Verdict.DUPLICATE, None)
+        window = self.journeys.dedup_window
+        recent = (*recent[1:], id_hash) if len(recent) >= window else (*recent, id_hash)
         outputs: list[Output] = [dead_end_trigger(event)] if is_dead_end(event) else []
-        last_seen = max(state.last_seen, event.ts)
-        if watermark is not None and event.ts <= watermark:
+        ts = event.ts
+        last_seen = ts if ts > state.last_seen else state.last_seen
+        if watermark is not None and ts <= watermark:
             # Its moment has passed: deadlines up to the watermark have already been decided.
-            return Accepted(
-                state._replace(recent=recent, last_seen=last_seen), outputs, Verdict.LATE
-            )
-        pending = list(state.pending)
-        bisect.insort(pending, event, key=event_order)
-        new = UserState(state.instances, tuple(pending), recent, last_seen)
+            late = UserState(state.instances, state.pending, recent, last_seen)
+            return Accepted(late, outputs, Verdict.LATE, self.next_wakeup(late) if is_new else None)
+        pending = _insert(state.pending, event)
+        new = UserState(state.instances, pending, recent, last_seen)
+        wake = ts if pending[0] is event else None
         if len(pending) > self.journeys.max_pending:
             # Bound the buffer: a flood from one user is applied early, oldest first.
-            oldest, rest = pending[0], tuple(pending[1:])
-            new, applied = self._apply(new._replace(pending=rest), oldest)
+            instances, applied = self._apply(state.instances, pending[0])
+            new = UserState(instances, pending[1:], recent, last_seen)
             outputs.extend(applied)
-        return Accepted(new, outputs, Verdict.ACCEPTED)
+            wake = self.next_wakeup(new)
+        return Accepted(new, outputs, Verdict.ACCEPTED, wake)
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -110,24 +128,38 @@ class JourneyEngine:
         fire every deadline at or before it."""
         outputs: list[Output] = []
         pending = state.pending
-        applied = 0
-        while applied < len(pending) and pending[applied].ts <= watermark:
-            state, out = self._apply(state, pending[applied])
-            outputs.extend(out)
-            applied += 1
-        if applied:
-            state = state._replace(pending=pending[applied:])
-        expired = [name for name, inst in state.instances.items() if inst.deadline <= watermark]
-        if expired:
-            instances = dict(state.instances)
-            for name in expired:
-                outputs.extend(self._drop_off(name, instances.pop(name), user_id))
-            state = state._replace(instances=instances)
-        if self.is_idle(state) and state.last_seen + self.state_ttl_ms <= watermark:
-            return Advanced(None, outputs)
-        return Advanced(state, outputs)
+        instances = state.instances
+        if pending and pending[0].ts <= watermark:
+            count = len(pending)
+            applied = 0
+            while applied < count and pending[applied].ts <= watermark:
+                instances, out = self._apply(instances, pending[applied])
+                if out:
+                    outputs.extend(out)
+                applied += 1
+            pending = pending[applied:]
+        wake = pending[0].ts if pending else None
+        if instances:
+            expired = None
+            for name, inst in instances.items():
+                deadline = inst.deadline
+                if deadline <= watermark:
+                    expired = [name] if expired is None else [*expired, name]
+                elif wake is None or deadline < wake:
+                    wake = deadline
+            if expired:
+                instances = dict(instances)
+                for name in expired:
+                    outputs.extend(self._drop_off(name, instances.pop(name), user_id))
+        if wake is None:  # idle: keep de-dup memory until the state TTL, then forget the user
+            wake = state.last_seen + self.state_ttl_ms
+            if wake <= watermark:
+                return Advanced(None, outputs, None)
+        if pending is state.pending and instances is state.instances:
+            return Advanced(state, outputs, wake)
+        return Advanced(UserState(instances, pending, state.recent, state.last_seen), outputs, wake)
 
-    def next_wakeup(self, state: UserState) -> int | None:
+    def next_wakeup(self, state: UserState) -> int:
         """The earliest watermark at which `advance` would do something for this user."""
         times = [inst.deadline for inst in state.instances.values()]
         if state.pending:
@@ -142,56 +174,79 @@ class JourneyEngine:
 
     # -- applying one event in event-time order ------------------------------------------------
 
-    def _apply(self, state: UserState, event: Event) -> tuple[UserState, list[Output]]:
+    def _apply(
+        self, instances: Mapping[str, Instance], event: Event
+    ) -> tuple[Mapping[str, Instance], list[Output]]:
         if is_dead_end(event):
-            return state, []  # the user never saw the page: a failed hop reaches no step
+            return (
+                instances,
+                _NO_OUTPUTS,
+            )  # the user never saw the page: a failed hop reaches no step
         journeys = self._by_kind.get(event.kind)
         if not journeys:
-            return state, []
+            return instances, _NO_OUTPUTS
         outputs: list[Output] = []
-        instances: dict[str, Instance] | None = None  # copied on first write
-        current = state.instances
+        copied: dict[str, Instance] | None = None  # copy-on-write: the input is never mutated
         for journey in journeys:
-            inst = current.get(journey.name)
+            name = journey.name
+            inst = instances.get(name)
             if inst is not None and event.ts > inst.deadline:
                 # Event time decides: the budget ran out before this event happened.
-                if instances is None:
-                    instances = dict(current)
-                    current = instances
-                del instances[journey.name]
-                outputs.extend(self._drop_off(journey.name, inst, event.user_id))
+                if copied is None:
+                    instances = copied = dict(instances)
+                del copied[name]
+                outputs.extend(self._drop_off(name, inst, event.user_id))
                 inst = None
             replacement = self._step(journey, inst, event, outputs)
             if replacement is not inst:
-                if instances is None:
-                    instances = dict(current)
-                    current = instances
+                if copied is None:
+                    instances = copied = dict(instances)
                 if replacement is None:
-                    del instances[journey.name]
+                    del copied[name]
                 else:
-                    instances[journey.name] = replacement
-        if instances is not None:
-            state = state._replace(instances=instances)
-        return state, outputs
+                    copied[name] = replacement
+        return instances, outputs
 
     def _step(
         self, journey: Journey, inst: Instance | None, event: Event, outputs: list[Output]
     ) -> Instance | None:
         steps = journey.steps
         if inst is None:
-            if steps[0].matcher.matches(event):
-                outputs.append(Transition(journey.name, "started", steps[0].name))
-                return Instance(
-                    0, event.event_id, event.ts, event.ts + steps[1].within_ms, Context.of(event)
-                )
-            return None
+            if not steps[0].matcher.matches(event):
+                return None
+            outputs.append(Transition(journey.name, "started", steps[0].name))
+            started = Instance(
+                0, event.event_id, event.ts, event.ts + steps[1].within_ms, Context.of(event)
+            )
+            # The starting event may already be a later step too (a share click that lands
+            # on a product page has reached the product): rule 2 applies to it as well.
+            advanced = self._advance(journey, started, event, outputs)
+            if advanced is None:
+                return started
+        else:
+            advanced = self._advance(journey, inst, event, outputs)
+            if advanced is None:
+                for exit_matcher in journey.exits:
+                    if exit_matcher.matches(event):
+                        outputs.append(Transition(journey.name, "exited", steps[inst.step].name))
+                        return None
+                return inst
+        return None if advanced is _CONVERTED else advanced
+
+    @staticmethod
+    def _advance(
+        journey: Journey, inst: Instance, event: Event, outputs: list[Output]
+    ) -> Instance | None:
+        """Move to the furthest later step the event matches: the new instance, `_CONVERTED`
+        when that is the last step, or None when the event matches no later step."""
+        steps = journey.steps
         last = len(steps) - 1
-        for index in range(last, inst.step, -1):  # the furthest later step wins
+        for index in range(last, inst.step, -1):
             if steps[index].matcher.matches(event):
                 outputs.append(Transition(journey.name, "reached", steps[index].name))
                 if index == last:
                     outputs.append(Transition(journey.name, "converted", steps[index].name))
-                    return None
+                    return _CONVERTED
                 return Instance(
                     index,
                     inst.started_by,
@@ -199,14 +254,10 @@ class JourneyEngine:
                     event.ts + steps[index + 1].within_ms,
                     Context.of(event),
                 )
-        for exit_matcher in journey.exits:
-            if exit_matcher.matches(event):
-                outputs.append(Transition(journey.name, "exited", steps[inst.step].name))
-                return None
-        return inst
+        return None
 
     def _drop_off(self, journey_name: str, inst: Instance, user_id: str) -> list[Output]:
-        journey = self.journeys.by_name(journey_name)
+        journey = self._journey_by_name[journey_name]
         missed = journey.steps[inst.step + 1]
         cause = missed.cause or Cause.DISTRACTED
         trigger = Trigger(
@@ -225,6 +276,18 @@ class JourneyEngine:
             context=TriggerContext(**inst.context._asdict()),
         )
         return [Transition(journey.name, "dropped_off", missed.name, cause), trigger]
+
+
+def _insert(pending: tuple[Event, ...], event: Event) -> tuple[Event, ...]:
+    """Insert into the (ts, event_id)-sorted buffer. Usually an append: input is mostly ordered."""
+    if not pending:
+        return (event,)
+    last = pending[-1]
+    if last.ts < event.ts or (last.ts == event.ts and last.event_id <= event.event_id):
+        return (*pending, event)
+    items = list(pending)
+    bisect.insort(items, event, key=event_order)
+    return tuple(items)
 
 
 def dead_end_trigger(event: Event) -> Trigger:

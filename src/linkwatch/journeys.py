@@ -7,10 +7,12 @@ would be accepted instead.
 
 from __future__ import annotations
 
+import operator
 import re
 import tomllib
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -118,31 +120,47 @@ class Condition:
     allowed: frozenset[tuple[bool, Any]] | None  # (is_bool, value) pairs; None: exists test
     exists: bool = True
 
-    def holds(self, event: Event) -> bool:
-        value = (
-            event.props.get(self.field, _MISSING)
-            if self.in_props
-            else getattr(event, self.field, _MISSING)
-        )
+    def compile(self) -> Callable[[Event], bool]:
+        """A specialised predicate: the hot path calls these once per event and step."""
+        name = self.field
+        value_of: Callable[[Event], Any]
+        if self.in_props:
+            value_of = lambda event: event.props.get(name, _MISSING)  # noqa: E731
+        else:
+            value_of = operator.attrgetter(name)
         if self.allowed is None:
-            present = value is not _MISSING and value is not None
-            return present is self.exists
+            wanted = self.exists
+            return lambda event: (value_of(event) not in (_MISSING, None)) is wanted
+        if all(type(value) is str for _, value in self.allowed):
+            strings = frozenset(value for _, value in self.allowed)
+            return lambda event: value_of(event) in strings
         # Tagged with "is it a bool" so True never matches 1 (bool is an int in Python).
-        return (type(value) is bool, value) in self.allowed
+        tagged = self.allowed
+        return lambda event: (type(v := value_of(event)) is bool, v) in tagged
 
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
     kinds: frozenset[str]
     conditions: tuple[Condition, ...]
+    matches: Callable[[Event], bool] = field(init=False, repr=False, compare=False)
 
-    def matches(self, event: Event) -> bool:
-        if event.kind not in self.kinds:
-            return False
-        for condition in self.conditions:  # noqa: SIM110 - hot path: no generator
-            if not condition.holds(event):
-                return False
-        return True
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matches", _compile_matcher(self.kinds, self.conditions))
+
+
+def _compile_matcher(
+    kinds: frozenset[str], conditions: tuple[Condition, ...]
+) -> Callable[[Event], bool]:
+    tests = [c.compile() for c in conditions]
+    if len(kinds) == 1:
+        (kind,) = kinds
+        if not tests:
+            return lambda event: event.kind == kind
+        if len(tests) == 1:
+            (test,) = tests
+            return lambda event: event.kind == kind and test(event)
+    return lambda event: event.kind in kinds and all(test(event) for test in tests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,33 +305,33 @@ def _compile_match(spec: dict[str, Any], where: str, problems: list[str]) -> Mat
         else:
             kinds = frozenset(wanted)
     conditions: list[Condition] = []
-    for field, value in spec.items():
-        if field == "kind":
+    for name, value in spec.items():
+        if name == "kind":
             continue
-        if field.startswith("props."):
-            key = field.removeprefix("props.")
+        if name.startswith("props."):
+            key = name.removeprefix("props.")
             if not key:
                 problems.append(f"{where}: 'props.' needs a key name (e.g. props.sku)")
                 continue
             conditions.append(_condition(key, True, value))
             continue
-        lacking = sorted(k for k in kinds if field not in MATCHABLE_FIELDS[k])
+        lacking = sorted(k for k in kinds if name not in MATCHABLE_FIELDS[k])
         if lacking == sorted(kinds):
             problems.append(
-                f"{where}: no event kind {'/'.join(sorted(kinds))} has a field {field!r} "
+                f"{where}: no event kind {'/'.join(sorted(kinds))} has a field {name!r} "
                 "(use props.NAME for custom properties)"
             )
             continue
         if kind_value is not None and lacking:
-            problems.append(f"{where}: field {field!r} does not exist on kind {', '.join(lacking)}")
+            problems.append(f"{where}: field {name!r} does not exist on kind {', '.join(lacking)}")
             continue
-        bad_values = _bad_literal_values(kinds - set(lacking), field, value)
+        bad_values = _bad_literal_values(kinds - set(lacking), name, value)
         if bad_values:
-            problems.append(f"{where}: {field} {bad_values}")
+            problems.append(f"{where}: {name} {bad_values}")
             continue
-        conditions.append(_condition(field, False, value))
+        conditions.append(_condition(name, False, value))
         if kind_value is None:
-            # A field only some kinds have narrows the step to those kinds.
+            # A name only some kinds have narrows the step to those kinds.
             kinds = kinds - frozenset(lacking)
     return Matcher(kinds=kinds, conditions=tuple(conditions))
 

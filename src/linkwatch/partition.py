@@ -7,10 +7,11 @@ table live); the caller decides when time moves by feeding events or calling `ad
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterator, MutableMapping
 from typing import Final, NamedTuple
 
-from linkwatch.engine import JourneyEngine, Output, Verdict, new_state
+from linkwatch.engine import JourneyEngine, Output, Verdict
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import Event, format_ts
 from linkwatch.state import UserState
@@ -37,6 +38,9 @@ class PartitionProcessor:
         self.watermark: int | None = None
         # (wake-up time, user_id). Entries may be stale: popping one just re-checks the user.
         self._wakeups: list[tuple[int, str]] = []
+        # Idle users to forget once their state TTL has passed: (expiry, user_id) in roughly
+        # increasing order. A FIFO, not the heap: one entry per idle spell, and cheap.
+        self._expiries: deque[tuple[int, str]] = deque()
 
     def process(self, event: Event) -> Processed:
         """Feed one decoded event. Raises `RecordRejected` for a far-future timestamp."""
@@ -49,14 +53,11 @@ class PartitionProcessor:
                 "ts",
             )
         user_id = event.user_id
-        state = self.store.get(user_id)
-        before = None if state is None else self.engine.next_wakeup(state)
-        accepted = self.engine.accept(state or new_state(), event, watermark)
+        accepted = self.engine.accept(self.store.get(user_id), event, watermark)
         if accepted.verdict is not Verdict.DUPLICATE:
             self.store[user_id] = accepted.state
-            wake = self.engine.next_wakeup(accepted.state)
-            if wake is not None and (before is None or wake < before):
-                heapq.heappush(self._wakeups, (wake, user_id))
+        if accepted.wake is not None:
+            self._schedule(accepted.state, accepted.wake, user_id)
         outputs = accepted.outputs
         if self.max_ts is None or event.ts > self.max_ts:
             self.max_ts = event.ts
@@ -86,10 +87,31 @@ class PartitionProcessor:
                 continue
             if advanced.state is not state:
                 store[user_id] = advanced.state
-            wake = engine.next_wakeup(advanced.state)
-            if wake is not None:
-                heapq.heappush(wakeups, (wake, user_id))
+            if advanced.wake is not None:
+                self._schedule(advanced.state, advanced.wake, user_id)
+        self._expire_idle(watermark)
         return outputs
+
+    def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
+        if state.instances or state.pending:
+            heapq.heappush(self._wakeups, (wake, user_id))
+        else:
+            self._expiries.append((wake, user_id))
+
+    def _expire_idle(self, watermark: int) -> None:
+        expiries = self._expiries
+        store = self.store
+        ttl = self.engine.state_ttl_ms
+        while expiries and expiries[0][0] <= watermark:
+            _, user_id = expiries.popleft()
+            state = store.get(user_id)
+            if state is None or state.instances or state.pending:
+                continue  # gone already, or busy again (then the heap tracks it)
+            expiry = state.last_seen + ttl
+            if expiry <= watermark:
+                del store[user_id]
+            else:
+                expiries.append((expiry, user_id))  # seen again since: check again later
 
     def flush(self, close_open: bool = False) -> list[Output]:
         """End of input: nothing more can arrive, so apply every buffered event and fire the
@@ -105,11 +127,11 @@ class PartitionProcessor:
     def rebuild_index(self) -> None:
         """Recompute the wake-up index from the store (after a restart or rebalance)."""
         self._wakeups = []
+        self._expiries = deque()
         for user_id, state in self.store.items():
-            wake = self.engine.next_wakeup(state)
-            if wake is not None:
-                self._wakeups.append((wake, user_id))
+            self._schedule(state, self.engine.next_wakeup(state), user_id)
         heapq.heapify(self._wakeups)
+        self._expiries = deque(sorted(self._expiries))
 
     def open_instances(self) -> Iterator[tuple[str, str]]:
         """(journey, last step reached) for every instance still open."""
