@@ -40,6 +40,23 @@ def test_timestamp_without_offset_is_rejected() -> None:
     assert "offset" in err.message
 
 
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "20241122T080000+0800",  # ISO 8601 basic format
+        "2024-W47-5T08:00:00+08:00",  # ISO week date
+        "2024-11-22 08:00:00+08:00",  # space instead of T
+        "2024-11-22T08:00+08:00",  # no seconds
+        "2024-13-22T08:00:00+08:00",  # month 13
+        "yesterday",
+    ],
+)
+def test_only_rfc3339_strings_are_timestamps(ts: str) -> None:
+    err = rejected(raw(ts=ts))
+    assert err.reason is RejectReason.INVALID_VALUE
+    assert err.field == "ts"
+
+
 @pytest.mark.parametrize("ts", [True, 1.7e12, [T0], {"ms": T0}])
 def test_timestamp_of_wrong_type_is_rejected(ts: object) -> None:
     err = rejected(raw(ts=ts))

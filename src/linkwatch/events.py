@@ -11,6 +11,7 @@ journey should match on belongs in `props`, which is kept (bounded).
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
@@ -59,19 +60,30 @@ PropValue = (
 )
 
 
+# RFC 3339 date-time, strictly (fromisoformat alone also takes week dates, basic format...).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
 def _parse_ts(value: Any) -> Any:
     """Accept RFC 3339 with an explicit offset, or integer epoch milliseconds."""
     if isinstance(value, bool):
         return value  # let the int validator reject it as a wrong type
     if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
+        form = _RFC3339.fullmatch(value)
+        parsed = None
+        if form is not None:
+            try:
+                parsed = datetime.fromisoformat(value.upper())
+            except ValueError:
+                parsed = None  # e.g. month 13: right shape, not a date
+        if parsed is None:
             raise ValueError(
                 "must be RFC 3339 with an offset (e.g. 2024-05-01T12:00:00+08:00) "
                 "or integer epoch milliseconds"
-            ) from None
-        if parsed.tzinfo is None:
+            )
+        if form is None or form.group("offset") is None:
             raise ValueError("RFC 3339 timestamp needs an offset (Z or +hh:mm)")
         return int(parsed.timestamp() * 1000)
     return value
