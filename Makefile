@@ -37,7 +37,7 @@ schemas: install
 
 ## sample: regenerate the sample data (deterministic: same bytes every time)
 sample: install
-	$(BIN)/linkwatch simulate --out $(SAMPLE) --users 400 --seed 7 --start 1732233600000
+	$(BIN)/linkwatch simulate --out $(SAMPLE) --users 1500 --seed 7 --start 1732233600000
 
 bench: install
 	$(BIN)/python bench/engine.py

@@ -82,10 +82,12 @@ def _run_replay(args: argparse.Namespace) -> int:
         open_events,
         progress_lines,
         replay_lines,
+        tune_gc_for_throughput,
         underlying,
     )
 
     journeys = load_journeys(args.journeys)
+    tune_gc_for_throughput()
     started = time.perf_counter()
     with ExitStack() as stack:
         try:

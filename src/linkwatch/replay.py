@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import sys
@@ -30,6 +31,13 @@ DeadLetterSink = Callable[[DeadLetter], None]
 class ReplayResult:
     report: Report
     processor: PartitionProcessor
+
+
+def tune_gc_for_throughput() -> None:
+    """Per-user states are many small acyclic tuples; the default cyclic-GC cadence rescans
+    them constantly (~10% of replay time). Freeze start-up objects and collect less often."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def replay_lines(
