@@ -90,10 +90,9 @@ def open_events(path: str) -> BinaryIO:
     """A JSON Lines file, gzip by its `.gz` name, or `-` for standard input."""
     if path == "-":
         return sys.stdin.buffer
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if path.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # owns and closes the file
+    return open(path, "rb")  # returned to the caller, who closes it
 
 
 class JsonLinesWriter:

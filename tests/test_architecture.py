@@ -1,0 +1,40 @@
+"""The functional core stays free of Faust, Kafka clients, clocks and I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "linkwatch"
+CORE = ["events", "codec", "errors", "journeys", "state", "engine", "partition", "triggers"]
+FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
+FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_has_no_io_clock_or_kafka(module: str) -> None:
+    tree = ast.parse((SRC / f"{module}.py").read_text())
+    assert not imported_modules(tree) & FORBIDDEN_IMPORTS
+    calls = {
+        node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+    }
+    assert not calls & FORBIDDEN_CALLS, calls & FORBIDDEN_CALLS
+
+
+def test_no_module_imports_faust_or_aiokafka_yet() -> None:
+    for path in SRC.glob("*.py"):
+        assert not imported_modules(ast.parse(path.read_text())) & {"faust", "aiokafka"}, path
