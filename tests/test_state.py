@@ -33,3 +33,11 @@ def test_state_is_compact(default_journeys: JourneySet) -> None:
     assert advanced.state is not None
     size = len(dump_state(advanced.state))
     assert size < 600, size  # an open cart instance plus de-dup memory
+
+
+def test_stored_context_and_published_trigger_context_have_the_same_fields() -> None:
+    # Two forms on purpose (compact positional state, documented contract); never drifting.
+    from linkwatch.state import Context
+    from linkwatch.triggers import TriggerContext
+
+    assert Context._fields == tuple(TriggerContext.model_fields)

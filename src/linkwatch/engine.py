@@ -168,10 +168,6 @@ class JourneyEngine:
             return state.last_seen + self.state_ttl_ms
         return min(times)
 
-    @staticmethod
-    def is_idle(state: UserState) -> bool:
-        return not state.instances and not state.pending
-
     # -- applying one event in event-time order ------------------------------------------------
 
     def _apply(

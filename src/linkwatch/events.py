@@ -22,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    TypeAdapter,
     WithJsonSchema,
 )
 
@@ -40,7 +39,6 @@ MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 KINDS: Final = ("click", "share", "purchase", "group_chat")
 Kind = Literal["click", "share", "purchase", "group_chat"]
-PAGES: Final = ("content", "landing", "product", "detail", "search", "cart", "checkout", "other")
 Page = Literal["content", "landing", "product", "detail", "search", "cart", "checkout", "other"]
 ShareTarget = Literal["group_chat", "moments", "direct", "other"]
 GroupAction = Literal["join", "leave", "message", "mention", "red_packet", "link_share"]
@@ -198,7 +196,6 @@ Event = Annotated[
     ClickEvent | ShareEvent | PurchaseEvent | GroupChatEvent,
     Field(discriminator="kind"),
 ]
-EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 EVENT_MODELS: Final[dict[str, type[_EventBase]]] = {
     "click": ClickEvent,
     "share": ShareEvent,
