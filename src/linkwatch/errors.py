@@ -27,6 +27,8 @@ class RejectReason(StrEnum):
     INVALID_VALUE = "invalid_value"
     NEGATIVE_AMOUNT = "negative_amount"
     FUTURE_TIMESTAMP = "future_timestamp"
+    KEY_MISMATCH = "key_mismatch"  # live: the Kafka key is not the record's user_id
+    TOPIC_MISMATCH = "topic_mismatch"  # live: the record's kind is not its topic's kind
 
 
 class RecordRejected(LinkWatchError):  # a verdict on a record, not a failure

@@ -1,14 +1,24 @@
 """One partition's worth of journeys: the watermark, the wake-up index and per-user states.
 
 Still pure: no clock and no I/O. The store is any mutable mapping (a dict in `replay`, a Faust
-table live); the caller decides when time moves by feeding events or calling `advance_to`.
+table live); the caller decides when time moves by feeding events, ticks or `advance_to`.
+
+Live, one partition number is fed by several topics (one per event kind), consumed in uneven
+batches. Each topic ("source") keeps its own newest event time and the watermark follows the
+slowest active one, so a lagging topic's events are not mistaken for late ones. A source
+silent for `idle_timeout` of wall-clock time stops holding the watermark back; when every
+source is silent, the watermark follows the wall clock (minus `idle_timeout`), so deadlines
+fire even if no further event ever arrives. "Silent" means nothing left to read: the caller
+says which sources still have records waiting (consumer lag), and those never count as idle,
+however long the worker is busy elsewhere. Offline (`replay`) there is one source and no
+clock, and the watermark is simply the newest event time minus the allowed lateness.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Final, NamedTuple
 
 from linkwatch.engine import JourneyEngine, Output, Verdict
@@ -22,49 +32,137 @@ MAX_FUTURE_MS: Final = 86_400_000
 END_OF_TIME: Final = 1 << 62
 
 
+# Does this source (topic) still have records waiting to be read?
+Backlog = Callable[[str], bool]
+
+
 class Processed(NamedTuple):
     verdict: Verdict
     outputs: list[Output]
 
 
+class SourceClock:
+    """Progress of one input (topic) of the partition."""
+
+    __slots__ = ("max_ts", "seen_at")
+
+    def __init__(self, max_ts: int | None, seen_at: int | None) -> None:
+        self.max_ts = max_ts  # newest event time from this source (None: none yet)
+        self.seen_at = seen_at  # wall-clock ms of its latest event (None offline)
+
+
 class PartitionProcessor:
     def __init__(
-        self, engine: JourneyEngine, store: MutableMapping[str, UserState] | None = None
+        self,
+        engine: JourneyEngine,
+        store: MutableMapping[str, UserState] | None = None,
+        *,
+        idle_timeout_ms: int | None = None,
+        started_at: int | None = None,
+        sources: Iterable[str] = (),
     ) -> None:
         self.engine = engine
         self.store: MutableMapping[str, UserState] = {} if store is None else store
         self.lateness_ms = engine.journeys.allowed_lateness_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        self.started_at = started_at  # wall-clock ms this processor began (live only)
         self.max_ts: int | None = None  # newest event time seen
         self.watermark: int | None = None
+        # Declared sources hold the watermark back from the start, until they report or fall
+        # silent: otherwise a topic whose first record is read after others' would be late.
+        self.sources: dict[str, SourceClock] = {
+            name: SourceClock(None, started_at) for name in sources
+        }
         # (wake-up time, user_id). Entries may be stale: popping one just re-checks the user.
         self._wakeups: list[tuple[int, str]] = []
         # Idle users to forget once their state TTL has passed: (expiry, user_id) in roughly
         # increasing order. A FIFO, not the heap: one entry per idle spell, and cheap.
         self._expiries: deque[tuple[int, str]] = deque()
 
-    def process(self, event: Event) -> Processed:
-        """Feed one decoded event. Raises `RecordRejected` for a far-future timestamp."""
+    def process(
+        self,
+        event: Event,
+        source: str = "",
+        now_ms: int | None = None,
+        backlog: Backlog | None = None,
+    ) -> Processed:
+        """Feed one decoded event from `source` (live: its topic), at wall-clock `now_ms` (live
+        only); `backlog(source)` tells whether a source has records waiting. Raises
+        `RecordRejected` for a timestamp far in the future."""
         watermark = self.watermark
-        if watermark is not None and event.ts > watermark + MAX_FUTURE_MS:
-            raise RecordRejected(
-                RejectReason.FUTURE_TIMESTAMP,
-                f"field 'ts': {format_ts(event.ts)} is more than 1 day after the "
-                f"watermark {format_ts(watermark)}",
-                "ts",
-            )
+        ts = event.ts
+        if watermark is not None and ts > watermark + MAX_FUTURE_MS:
+            raise _future(ts, watermark, "the watermark")
+        if now_ms is not None and ts > now_ms + MAX_FUTURE_MS:
+            raise _future(ts, now_ms, "the clock")
         user_id = event.user_id
         accepted = self.engine.accept(self.store.get(user_id), event, watermark)
         if accepted.verdict is not Verdict.DUPLICATE:
             self.store[user_id] = accepted.state
         if accepted.wake is not None:
             self._schedule(accepted.state, accepted.wake, user_id)
+        clock = self.sources.get(source)
+        if clock is None:
+            self.sources[source] = SourceClock(ts, now_ms)
+        else:
+            clock.seen_at = now_ms
+            if clock.max_ts is None or ts > clock.max_ts:
+                clock.max_ts = ts
+        if self.max_ts is None or ts > self.max_ts:
+            self.max_ts = ts
+        target = self._event_watermark(now_ms, backlog)
         outputs = accepted.outputs
-        if self.max_ts is None or event.ts > self.max_ts:
-            self.max_ts = event.ts
-            target = event.ts - self.lateness_ms
-            if watermark is None or target > watermark:
-                outputs = outputs + self.advance_to(target) if outputs else self.advance_to(target)
+        if target is not None and (watermark is None or target > watermark):
+            outputs = outputs + self.advance_to(target) if outputs else self.advance_to(target)
         return Processed(accepted.verdict, outputs)
+
+    def on_tick(self, now_ms: int, backlog: Backlog | None = None) -> list[Output]:
+        """Wall-clock time passed (live): idle sources stop holding the watermark back, and
+        when all are idle the watermark follows the clock."""
+        if self.max_ts is None and self.watermark is None:
+            # Nothing seen yet: nothing can be due, and following the clock now would make
+            # every event that does arrive (e.g. a backfill of older data) late.
+            return []
+        target = self._event_watermark(now_ms, backlog)
+        if target is None:  # every source idle
+            since = max(
+                (c.seen_at or 0 for c in self.sources.values() if c.max_ts is not None),
+                default=self.started_at or 0,
+            )
+            if now_ms - since < (self.idle_timeout_ms or 0):
+                return []
+            target = now_ms - (self.idle_timeout_ms or 0)
+        return self.advance_to(target)
+
+    def restore(self, watermark: int | None, sources: dict[str, int], now_ms: int | None) -> None:
+        """Resume after a restart or rebalance: the persisted watermark and source progress."""
+        self.watermark = watermark
+        for name, ts in sources.items():
+            self.sources[name] = SourceClock(ts, now_ms)
+        self.max_ts = max(sources.values(), default=None)
+        self.rebuild_index()
+
+    def _event_watermark(self, now_ms: int | None, backlog: Backlog | None) -> int | None:
+        """The slowest active source's newest event time, minus the allowed lateness."""
+        sources = self.sources
+        if len(sources) == 1 and now_ms is None:
+            return self.max_ts - self.lateness_ms if self.max_ts is not None else None
+        idle_ms = self.idle_timeout_ms
+        lowest: int | None = None
+        for name, clock in sources.items():
+            if (
+                now_ms is not None
+                and idle_ms is not None
+                and clock.seen_at is not None
+                and now_ms - clock.seen_at >= idle_ms
+                and not (backlog is not None and backlog(name))
+            ):
+                continue  # silent: must not hold the others back
+            if clock.max_ts is None:
+                return None  # an active source has not reported yet: wait for it
+            if lowest is None or clock.max_ts < lowest:
+                lowest = clock.max_ts
+        return None if lowest is None else lowest - self.lateness_ms
 
     def advance_to(self, watermark: int) -> list[Output]:
         """Move the watermark forward (never back) and fire everything due up to it."""
@@ -139,3 +237,11 @@ class PartitionProcessor:
         for state in self.store.values():
             for name, inst in state.instances.items():
                 yield name, steps[name][inst.step].name
+
+
+def _future(ts: int, reference: int, what: str) -> RecordRejected:
+    return RecordRejected(
+        RejectReason.FUTURE_TIMESTAMP,
+        f"field 'ts': {format_ts(ts)} is more than 1 day after {what} ({format_ts(reference)})",
+        "ts",
+    )

@@ -77,11 +77,15 @@ def event_order(event: Event) -> tuple[int, str]:
     return (event.ts, event.event_id)
 
 
-def dump_state(state: UserState) -> bytes:
-    """Compact wire form: [version, instances, pending, recent, last_seen]."""
+def dump_state(state: UserState, partition: int = -1) -> bytes:
+    """Compact wire form: [version, partition, instances, pending, recent, last_seen].
+
+    The partition is stored so that, after a rebalance, recovered states can be grouped by
+    partition without assuming how producers partitioned their keys."""
     return orjson.dumps(
         [
             WIRE_VERSION,
+            partition,
             {
                 name: [i.step, i.started_by, i.reached_at, i.deadline, list(i.context)]
                 for name, i in state.instances.items()
@@ -96,12 +100,13 @@ def dump_state(state: UserState) -> bytes:
     )
 
 
-def load_state(raw: bytes) -> UserState:
+def load_state(raw: bytes) -> tuple[int, UserState]:
+    """(partition, state) from `dump_state` output."""
     data: list[Any] = orjson.loads(raw)
     if not isinstance(data, list) or not data or data[0] != WIRE_VERSION:
         raise ValueError(f"unsupported state wire format: {raw[:40]!r}")
-    _, instances, pending, recent, last_seen = data
-    return UserState(
+    _, partition, instances, pending, recent, last_seen = data
+    return partition, UserState(
         instances={
             name: Instance(step, started_by, reached_at, deadline, Context(*context))
             for name, (step, started_by, reached_at, deadline, context) in instances.items()

@@ -1,0 +1,160 @@
+"""Prometheus metrics of the live worker. Labels are bounded sets: never a user id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import suppress
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from linkwatch.engine import Output, Transition, Verdict
+from linkwatch.errors import RejectReason
+from linkwatch.triggers import Trigger
+
+# Channels known to the domain; anything else is counted as "other" so a producer inventing
+# channels cannot blow up the label set.
+KNOWN_CHANNELS: Final = frozenset(
+    {
+        "article",
+        "ad",
+        "search",
+        "web",
+        "app",
+        "mini_program",
+        "group_chat",
+        "moments",
+        "offline_store",
+    }
+)
+
+
+class Metrics:
+    """All LinkWatch metrics, registered on one registry (one per app, so tests can build
+    several apps in a process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "linkwatch_events_total",
+            "Valid events received, by kind and channel",
+            ["kind", "channel"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "linkwatch_records_rejected_total",
+            "Input records dead-lettered, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "linkwatch_events_duplicate_total", "Events ignored as duplicates", registry=registry
+        )
+        self.late = Counter(
+            "linkwatch_events_late_total",
+            "Events at or behind the watermark (counted, not applied to journeys)",
+            registry=registry,
+        )
+        self.started = Counter(
+            "linkwatch_journey_started_total",
+            "Journey instances started",
+            ["journey"],
+            registry=registry,
+        )
+        self.reached = Counter(
+            "linkwatch_journey_step_reached_total",
+            "Journey steps reached",
+            ["journey", "step"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "linkwatch_journey_dropped_off_total",
+            "Instances that dropped off before a step, by the step missed and its cause",
+            ["journey", "step", "cause"],
+            registry=registry,
+        )
+        self.converted = Counter(
+            "linkwatch_journey_converted_total",
+            "Instances that reached their last step",
+            ["journey"],
+            registry=registry,
+        )
+        self.exited = Counter(
+            "linkwatch_journey_exited_total",
+            "Instances ended by an exit match",
+            ["journey", "step"],
+            registry=registry,
+        )
+        self.triggers = Counter(
+            "linkwatch_triggers_total", "Triggers published, by type", ["type"], registry=registry
+        )
+        self.active = Gauge(
+            "linkwatch_active_instances",
+            "Open journey instances on this worker",
+            ["journey"],
+            registry=registry,
+        )
+        self.watermark_lag = Gauge(
+            "linkwatch_watermark_lag_seconds",
+            "Wall clock minus the partition's watermark",
+            ["partition"],
+            registry=registry,
+        )
+        self.partitions = Gauge(
+            "linkwatch_partitions_assigned", "Partitions this worker processes", registry=registry
+        )
+        self.deadline_delay = Histogram(
+            "linkwatch_deadline_fire_delay_seconds",
+            "Wall clock at which a drop-off fired minus its deadline (real-time traffic)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self._active_counts: dict[str, int] = {}
+
+    def count_event(self, kind: str, channel: str, verdict: Verdict) -> None:
+        self.events.labels(kind, channel if channel in KNOWN_CHANNELS else "other").inc()
+        if verdict is Verdict.DUPLICATE:
+            self.duplicates.inc()
+        elif verdict is Verdict.LATE:
+            self.late.inc()
+
+    def count_rejected(self, reason: RejectReason) -> None:
+        self.rejected.labels(reason.value).inc()
+
+    def count_outputs(self, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Trigger):
+                self.triggers.labels(out.type).inc()
+            else:
+                self._count_transition(out)
+
+    def _count_transition(self, t: Transition) -> None:
+        if t.outcome == "started":
+            self.started.labels(t.journey).inc()
+            self.reached.labels(t.journey, t.step).inc()
+            self._add_active(t.journey, 1)
+        elif t.outcome == "reached":
+            self.reached.labels(t.journey, t.step).inc()
+        elif t.outcome == "converted":
+            self.converted.labels(t.journey).inc()
+            self._add_active(t.journey, -1)
+        elif t.outcome == "exited":
+            self.exited.labels(t.journey, t.step).inc()
+            self._add_active(t.journey, -1)
+        else:
+            self.dropped.labels(t.journey, t.step, t.cause or "").inc()
+            self._add_active(t.journey, -1)
+
+    def _add_active(self, journey: str, delta: int) -> None:
+        self._active_counts[journey] = self._active_counts.get(journey, 0) + delta
+        self.active.labels(journey).set(self._active_counts[journey])
+
+    def forget_partition(self, partition: int) -> None:
+        with suppress(KeyError):  # never reported
+            self.watermark_lag.remove(str(partition))
+
+    def set_active(self, counts: dict[str, int]) -> None:
+        """Reset open-instance counts (after a rebalance, from the recovered states)."""
+        for journey in set(self._active_counts) | set(counts):
+            self._active_counts[journey] = counts.get(journey, 0)
+            self.active.labels(journey).set(self._active_counts[journey])

@@ -1,0 +1,377 @@
+"""The live worker: Faust agents, tables, timers and web views around the pure engine.
+
+Data flow for one partition number p (every input topic, the tick topic and the state table
+are co-partitioned, so one worker owns all of p):
+
+    events.* [p] ─┐
+                  ├─> agent ─> PartitionProcessor(p) ─> triggers / dead letters
+    ticks [p] ────┘                    │
+                                       └─> states table [p] (changelog) + watermarks table
+
+Deadlines fire from ticks: a timer sends a tick to each partition this worker owns, and the
+agent handles it like an event. State is then only ever written in the partition's event
+context (RocksDB tables require it), and ticks are replayed after a crash like any record.
+
+Delivery: a trigger is delivered (broker-acknowledged) before the state change that caused it
+is written, and Faust flushes the producer before it commits offsets. A crash can therefore
+repeat a trigger (same `trigger_id`), never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+import orjson
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import EventT
+from prometheus_client import CollectorRegistry
+
+from linkwatch.codec import decode_event
+from linkwatch.deadletters import DeadLetter, KafkaSource
+from linkwatch.engine import JourneyEngine, Output
+from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.journeys import JourneySet, load_journeys, parse_duration
+from linkwatch.metrics import Metrics
+from linkwatch.partition import Backlog, PartitionProcessor
+from linkwatch.settings import Settings
+from linkwatch.store import PartitionStore, load_partitions
+from linkwatch.triggers import Trigger
+
+log = logging.getLogger("linkwatch.service")
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class LiveJourneys:
+    """Everything the worker holds per assigned partition, and how records reach it."""
+
+    settings: Settings
+    journeys: JourneySet
+    metrics: Metrics
+    states: Any  # faust Table: user_id bytes → state bytes
+    watermarks: Any  # faust Table: partition (str) → progress JSON
+    triggers_topic: Any
+    dlq_topic: Any
+    engine: JourneyEngine = field(init=False)
+    kind_of_topic: dict[str, str] = field(init=False)
+    processors: dict[int, PartitionProcessor] = field(default_factory=dict)
+    stores: dict[int, PartitionStore] = field(default_factory=dict)
+    # Offset of the last record handled per (topic, partition), to tell backlog from silence.
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    highwater: Any = None  # (TP) -> next offset to be written; set once the consumer exists
+
+    def __post_init__(self) -> None:
+        self.engine = JourneyEngine(self.journeys)
+        self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
+
+    # -- partitions ------------------------------------------------------------------------
+
+    def processor(self, partition: int, now: int) -> PartitionProcessor:
+        found = self.processors.get(partition)
+        if found is None:
+            found = self._load(partition, now)
+        return found
+
+    def _load(self, partition: int, now: int) -> PartitionProcessor:
+        """First record of a newly assigned partition: rebuild it from the recovered table."""
+        states = load_partitions(self.states, [partition])[partition]
+        store = PartitionStore(self.states, partition, states)
+        processor = PartitionProcessor(
+            self.engine,
+            store,
+            idle_timeout_ms=self.settings.idle_timeout_ms,
+            started_at=now,
+            sources=self.settings.input_topics.values(),
+        )
+        progress = self.watermarks.get(str(partition).encode())
+        saved = orjson.loads(progress) if progress else {}
+        processor.restore(saved.get("watermark"), saved.get("sources", {}), now)
+        self.processors[partition] = processor
+        self.stores[partition] = store
+        self._reset_active()
+        log.info(
+            "partition %d ready: %d users, watermark %s",
+            partition,
+            len(states),
+            processor.watermark,
+        )
+        return processor
+
+    def forget(self, partitions: set[int]) -> None:
+        """Revoked partitions: another worker owns them now (their state is in the table)."""
+        for partition in partitions:
+            self.processors.pop(partition, None)
+            self.stores.pop(partition, None)
+            self.metrics.forget_partition(partition)
+        self._reset_active()
+
+    def _reset_active(self) -> None:
+        counts: dict[str, int] = {}
+        for processor in self.processors.values():
+            for journey, _step in processor.open_instances():
+                counts[journey] = counts.get(journey, 0) + 1
+        self.metrics.set_active(counts)
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def on_event(self, event: EventT[Any]) -> None:
+        message = event.message
+        partition = message.partition
+        now = wall_ms()
+        processor = self.processor(partition, now)
+        kind = self.kind_of_topic.get(message.topic)
+        self.offsets[message.topic, partition] = message.offset
+        backlog = self._backlog_of(partition, message.tp)
+        if kind is None:  # a tick
+            outputs = processor.on_tick(now, backlog)
+            self._save_progress(partition, processor, now)
+        else:
+            outputs = await self._on_record(processor, kind, message, now, backlog)
+        if outputs:
+            self.metrics.count_outputs(outputs)
+            await self._publish(outputs, now)
+        self.stores[partition].flush()
+
+    async def _on_record(
+        self,
+        processor: PartitionProcessor,
+        kind: str,
+        message: Any,
+        now: int,
+        backlog: Backlog,
+    ) -> list[Output]:
+        raw: bytes | None = message.value
+        try:
+            if raw is None:
+                raise RecordRejected(RejectReason.EMPTY, "record is a tombstone (null value)")
+            event = decode_event(raw)
+            if event.kind != kind:
+                raise RecordRejected(
+                    RejectReason.TOPIC_MISMATCH,
+                    f"field 'kind': {event.kind!r} record on the {kind} topic {message.topic!r}",
+                    "kind",
+                )
+            if message.key != event.user_id.encode():
+                raise RecordRejected(
+                    RejectReason.KEY_MISMATCH,
+                    "the Kafka key is not the record's user_id (records are keyed by user_id)",
+                    "user_id",
+                )
+            result = processor.process(event, message.topic, now, backlog)
+        except RecordRejected as rejection:
+            await self._dead_letter(raw or b"", rejection, message)
+            return []
+        self.metrics.count_event(event.kind, event.channel, result.verdict)
+        return result.outputs
+
+    def _backlog_of(self, partition: int, any_tp: Any) -> Backlog:
+        """A topic has backlog on this partition when records beyond the last one handled
+        exist (its highwater is ahead): such a topic is busy, never idle."""
+
+        def backlog(topic: str) -> bool:
+            if self.highwater is None:
+                return False
+            try:
+                high = self.highwater(any_tp._replace(topic=topic))
+            except Exception:  # not assigned (yet): nothing known to be waiting
+                return False
+            return high is not None and high > self.offsets.get((topic, partition), -1) + 1
+
+        return backlog
+
+    async def _dead_letter(self, raw: bytes, rejection: RecordRejected, message: Any) -> None:
+        self.metrics.count_rejected(rejection.reason)
+        source = KafkaSource(
+            topic=message.topic, partition=message.partition, offset=message.offset
+        )
+        letter = DeadLetter.from_rejection(raw, rejection, source)
+        # Not attached to the offset: sent now; Faust flushes it before committing the offset.
+        await self.dlq_topic.send(
+            key=message.key, value=orjson.dumps(letter.model_dump(mode="json")), force=True
+        )
+
+    async def _publish(self, outputs: list[Output], now: int) -> None:
+        pending = []
+        for out in outputs:
+            if isinstance(out, Trigger):
+                if out.type == "dropoff" and out.deadline is not None:
+                    self._observe_delay(out, now)
+                pending.append(
+                    await self.triggers_topic.send(
+                        key=out.user_id.encode(),
+                        value=orjson.dumps(out.model_dump(mode="json")),
+                        force=True,
+                    )
+                )
+        if pending:
+            # Delivered before the state that produced them is written (see module doc).
+            await asyncio.gather(*pending)
+
+    def _observe_delay(self, trigger: Trigger, now: int) -> None:
+        from datetime import datetime
+
+        deadline_ms = int(datetime.fromisoformat(str(trigger.deadline)).timestamp() * 1000)
+        delay = (now - deadline_ms) / 1000
+        if 0 <= delay < 3600:  # real-time traffic only; replays of old data are not latency
+            self.metrics.deadline_delay.observe(delay)
+
+    def _save_progress(self, partition: int, processor: PartitionProcessor, now: int) -> None:
+        if processor.watermark is not None:
+            self.metrics.watermark_lag.labels(str(partition)).set(
+                (now - processor.watermark) / 1000
+            )
+        self.watermarks[str(partition).encode()] = orjson.dumps(
+            {
+                "watermark": processor.watermark,
+                "sources": {
+                    name: clock.max_ts
+                    for name, clock in processor.sources.items()
+                    if clock.max_ts is not None
+                },
+            }
+        )
+
+
+@dataclass
+class LinkWatchApp:
+    app: faust.App
+    live: LiveJourneys
+    registry: CollectorRegistry
+    settings: Settings
+
+    def ready(self) -> bool:
+        """Partitions assigned, tables recovered, not in the middle of a rebalance."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return False
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # the consumer is not started yet
+            return False
+        recovery = cast(Any, app.tables).recovery
+        return bool(assigned) and bool(recovery.completed.is_set())
+
+    def assigned_partitions(self) -> set[int]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # the consumer is not started yet
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == self.settings.topic_ticks}
+
+
+def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWatchApp:
+    """Build the Faust app with everything injected; nothing global, nothing hard-coded."""
+    journeys = journeys or load_journeys(settings.journeys_file)
+    if settings.allowed_lateness is not None:
+        from dataclasses import replace
+
+        journeys = replace(journeys, allowed_lateness_ms=parse_duration(settings.allowed_lateness))
+    app = faust.App(
+        settings.app_id,
+        broker=settings.faust_broker,
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_request_timeout=settings.broker_request_timeout,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        autodiscover=False,
+        table_standby_replicas=0,
+    )
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
+    inputs = app.topic(*settings.input_topics.values(), settings.topic_ticks, **RAW)
+    ticks = app.topic(settings.topic_ticks, partitions=settings.partitions, **RAW)
+    triggers = app.topic(settings.topic_triggers, partitions=settings.partitions, **RAW)
+    dlq = app.topic(settings.topic_dlq, partitions=settings.partitions, **RAW)
+    # bytes key and value types make Faust use the raw codec for the changelog.
+    states = app.Table(
+        "states",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="Per-user journey state",
+    )
+    watermarks = app.Table(
+        "watermarks",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="Per-partition progress",
+    )
+    live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
+    linkwatch = LinkWatchApp(app, live, registry, settings)
+
+    @app.agent(inputs, name="linkwatch.journeys")
+    async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
+        live.highwater = app.consumer.highwater
+        async for event in stream.events():
+            await live.on_event(event)
+
+    async def send_ticks() -> None:
+        for partition in linkwatch.assigned_partitions():
+            await ticks.send(value=b"", partition=partition)
+
+    app.timer(interval=settings.tick_interval_s)(send_ticks)
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        live.forget({tp.partition for tp in revoked if tp.topic == settings.topic_ticks})
+
+    async def on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        metrics.partitions.set(len(linkwatch.assigned_partitions()))
+
+    # Faust types a signal receiver as a union of callables mypy cannot match; the shape is right.
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ready = linkwatch.ready()
+        return web.json({"ready": ready}, status=200 if ready else 503)
+
+    return linkwatch
+
+
+def _credentials(settings: Settings) -> Any:
+    context = settings.ssl_context()
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username or "",
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else "",
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None

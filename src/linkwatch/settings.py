@@ -1,0 +1,145 @@
+"""Service configuration, read once from the environment (prefix LINKWATCH_)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from linkwatch.journeys import parse_duration
+
+INPUT_KINDS = ("click", "share", "purchase", "group_chat")
+
+
+class Settings(BaseSettings):
+    """Every setting can be given as LINKWATCH_<NAME> (e.g. LINKWATCH_BROKERS)."""
+
+    model_config = SettingsConfigDict(env_prefix="LINKWATCH_", frozen=True, extra="ignore")
+
+    # -- Kafka connection -----------------------------------------------------------------
+    brokers: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Bootstrap servers, comma-separated (kafka://host:port or host:port)",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify the broker")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS)")
+    ssl_keyfile: Path | None = Field(default=None, description="Client key (mTLS)")
+
+    # -- Topics ---------------------------------------------------------------------------
+    topic_click: str = "events.click"
+    topic_share: str = "events.share"
+    topic_purchase: str = "events.purchase"
+    topic_group_chat: str = "events.group_chat"
+    topic_triggers: str = "linkwatch.triggers"
+    topic_dlq: str = "linkwatch.dlq"
+    topic_ticks: str = Field(
+        default="linkwatch.ticks", description="Internal: timer ticks that drive deadlines"
+    )
+    partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of every topic")
+    replication_factor: int = Field(default=1, ge=1)
+
+    # -- Worker ---------------------------------------------------------------------------
+    app_id: str = Field(default="linkwatch", description="Consumer group and table prefix")
+    store: str = Field(default="memory://", description="memory:// or rocksdb://")
+    data_dir: Path = Field(default=Path("linkwatch-data"), description="State directory")
+    journeys_file: Path | None = Field(default=None, description="Journeys TOML (built-in)")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    allowed_lateness: str | None = Field(
+        default=None, description="Overrides the journeys file's allowed_lateness"
+    )
+    idle_timeout: str = Field(
+        default="5s",
+        description="A partition with no events this long advances its watermark by the clock",
+    )
+    tick_interval: str = Field(default="250ms", description="How often deadlines are checked")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # Consumer-group timing: short enough that a restarted worker re-joins quickly.
+    session_timeout: float = Field(default=10.0, gt=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    broker_request_timeout: float = Field(default=40.0, gt=0)
+    commit_interval: float = Field(default=1.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, gt=0, description="Bound on SIGTERM shutdown")
+
+    @field_validator("idle_timeout", "tick_interval", "allowed_lateness")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in {"memory", "rocksdb"}:
+            raise ValueError("store must be memory:// or rocksdb://")
+        return value
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """kind → topic name."""
+        return {
+            "click": self.topic_click,
+            "share": self.topic_share,
+            "purchase": self.topic_purchase,
+            "group_chat": self.topic_group_chat,
+        }
+
+    @property
+    def idle_timeout_ms(self) -> int:
+        return parse_duration(self.idle_timeout)
+
+    @property
+    def tick_interval_s(self) -> float:
+        return parse_duration(self.tick_interval) / 1000
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port list for aiokafka (Faust's kafka:// scheme removed)."""
+        servers = []
+        for part in self.brokers.split(","):
+            part = part.strip()
+            if part:
+                servers.append(part.split("://", 1)[-1])
+        return servers
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{server}" for server in self.bootstrap_servers)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in {"SSL", "SASL_SSL"}:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+        )
+        if self.ssl_certfile:
+            context.load_cert_chain(
+                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+            )
+        return context
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Connection options for aiokafka producers/consumers/admin clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return options

@@ -1,0 +1,146 @@
+"""Live watermarks: several sources per partition, idleness, wall-clock ticks, restore."""
+
+from __future__ import annotations
+
+import pytest
+
+from linkwatch.codec import decode_event
+from linkwatch.engine import JourneyEngine, Verdict
+from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.journeys import JourneySet
+from linkwatch.partition import PartitionProcessor
+from linkwatch.triggers import Trigger
+from tests.builders import at, raw
+
+IDLE = 5_000
+WALL = 1_800_000_000_000  # the wall clock in these tests: far after the event times
+
+
+def live(journeys: JourneySet) -> PartitionProcessor:
+    return PartitionProcessor(JourneyEngine(journeys), idle_timeout_ms=IDLE, started_at=WALL)
+
+
+def cart(eid: str, ts: int, user: str = "u1") -> bytes:
+    return raw(event_id=eid, user_id=user, ts=ts, page="cart")
+
+
+def triggers(outputs: list[object]) -> list[Trigger]:
+    return [o for o in outputs if isinstance(o, Trigger)]
+
+
+def test_watermark_follows_the_slowest_active_source(cart_journeys: JourneySet) -> None:
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    p.process(decode_event(raw("purchase", event_id="b", ts=at(0))), source="buys", now_ms=WALL)
+    # Clicks race ahead by an hour (a big batch); purchases lag: the watermark waits for them.
+    for i in range(60):
+        p.process(decode_event(cart(f"c{i}", at(i + 1), user=f"x{i}")), "clicks", WALL + i)
+    assert p.watermark == at(0) - 10_000
+    # A purchase one minute in is not late, though clicks are an hour ahead.
+    result = p.process(decode_event(raw("purchase", event_id="d", ts=at(1))), "buys", WALL + 60)
+    assert result.verdict is Verdict.ACCEPTED
+
+
+def test_an_idle_source_stops_holding_the_watermark_back(cart_journeys: JourneySet) -> None:
+    p = live(cart_journeys)
+    p.process(decode_event(raw("purchase", event_id="b", ts=at(0))), source="buys", now_ms=WALL)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    p.process(decode_event(cart("c", at(40), user="u2")), source="clicks", now_ms=WALL + IDLE)
+    # purchases silent for IDLE: the clicks alone move the watermark; the cart's 30m passed.
+    assert p.watermark == at(40) - 10_000
+    assert [t.missed_step for t in triggers(p.advance_to(p.watermark))] == []  # already fired
+    assert "u1" not in p.store or not p.store["u1"].instances
+
+
+def test_all_sources_idle_means_the_clock_moves_the_watermark(cart_journeys: JourneySet) -> None:
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    assert triggers(p.on_tick(WALL + IDLE - 1)) == []  # not idle yet
+    fired = triggers(p.on_tick(WALL + IDLE))
+    assert [t.missed_step for t in fired] == ["checkout"]
+    assert p.watermark == WALL
+
+
+def test_recent_event_times_fire_on_the_clock_within_idle_timeout(
+    cart_journeys: JourneySet,
+) -> None:
+    # Real-time traffic: event time == wall time. A cart at T has a 30m deadline; the partition
+    # goes quiet; the drop-off fires once the clock passes the deadline by idle_timeout.
+    now = at(0)
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", now)), source="clicks", now_ms=now)
+    deadline = now + 30 * 60_000
+    assert triggers(p.on_tick(deadline + IDLE - 1)) == []
+    assert [t.missed_step for t in triggers(p.on_tick(deadline + IDLE))] == ["checkout"]
+
+
+def test_a_partition_with_no_events_since_start_advances_after_idle_timeout(
+    cart_journeys: JourneySet,
+) -> None:
+    # After a restart, recovered state must still fire without any new event.
+    original = live(cart_journeys)
+    original.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    restarted = PartitionProcessor(
+        JourneyEngine(cart_journeys), dict(original.store), idle_timeout_ms=IDLE, started_at=WALL
+    )
+    restarted.restore(original.watermark, {}, WALL)
+    assert triggers(restarted.on_tick(WALL + IDLE - 1)) == []
+    assert len(triggers(restarted.on_tick(WALL + IDLE))) == 1
+
+
+def test_restore_keeps_the_watermark_and_source_progress(cart_journeys: JourneySet) -> None:
+    p = live(cart_journeys)
+    p.restore(at(100), {"clicks": at(100) + 10_000}, WALL)
+    late = p.process(decode_event(cart("a", at(50))), source="clicks", now_ms=WALL)
+    assert late.verdict is Verdict.LATE
+
+
+def test_events_far_ahead_of_the_clock_are_rejected(cart_journeys: JourneySet) -> None:
+    p = live(cart_journeys)
+    with pytest.raises(RecordRejected) as info:
+        p.process(decode_event(cart("a", WALL + 2 * 86_400_000)), source="clicks", now_ms=WALL)
+    assert info.value.reason is RejectReason.FUTURE_TIMESTAMP
+    assert "the clock" in info.value.message
+
+
+def test_a_partition_that_never_saw_an_event_does_not_follow_the_clock(
+    cart_journeys: JourneySet,
+) -> None:
+    # Worker up before the data: historic events arriving later must not all be late.
+    p = live(cart_journeys)
+    assert p.on_tick(WALL + 10 * IDLE) == []
+    assert p.watermark is None
+    result = p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL + 10 * IDLE)
+    assert result.verdict is Verdict.ACCEPTED
+
+
+def test_a_declared_source_holds_the_watermark_until_it_reports(cart_journeys: JourneySet) -> None:
+    p = PartitionProcessor(
+        JourneyEngine(cart_journeys),
+        idle_timeout_ms=IDLE,
+        started_at=WALL,
+        sources=["clicks", "buys"],
+    )
+    for i in range(30):
+        p.process(decode_event(cart(f"c{i}", at(i), user=f"x{i}")), "clicks", WALL + i)
+    assert p.watermark is None  # purchases have not been read yet (they may be backlogged)
+    first = p.process(decode_event(raw("purchase", event_id="b", ts=at(1))), "buys", WALL + 40)
+    assert first.verdict is Verdict.ACCEPTED
+    assert p.watermark == at(1) - 10_000
+
+
+def test_a_declared_source_with_nothing_to_read_goes_idle(cart_journeys: JourneySet) -> None:
+    p = PartitionProcessor(
+        JourneyEngine(cart_journeys),
+        idle_timeout_ms=IDLE,
+        started_at=WALL,
+        sources=["clicks", "buys"],
+    )
+    p.process(decode_event(cart("a", at(0))), "clicks", WALL)
+    p.process(decode_event(cart("b", at(40), user="u2")), "clicks", WALL + IDLE - 1)
+    assert p.watermark is None
+    backlog: dict[str, bool] = {"buys": True}
+    p.process(decode_event(cart("c", at(41), user="u3")), "clicks", WALL + IDLE, backlog.get)
+    assert p.watermark is None  # buys has records waiting: busy, not idle
+    p.process(decode_event(cart("d", at(42), user="u4")), "clicks", WALL + IDLE + 1)
+    assert p.watermark == at(42) - 10_000
