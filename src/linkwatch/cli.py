@@ -8,12 +8,16 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from linkwatch import __version__
-from linkwatch.errors import ConfigError
+from linkwatch.errors import ConfigError, LinkWatchError
 from linkwatch.journeys import load_journeys
+
+if TYPE_CHECKING:
+    from linkwatch.settings import Settings
 
 DEFAULT_SCHEMAS_DIR = Path("schemas")
 
@@ -59,15 +63,57 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true", help="fail if the files are out of sync")
     schemas.set_defaults(run=_run_schemas)
 
-    simulate = sub.add_parser("simulate", help="write synthetic traffic as JSON Lines")
-    simulate.add_argument("--out", required=True, help="output file (.gz allowed)")
+    simulate = sub.add_parser(
+        "simulate", help="write synthetic traffic as JSON Lines, or produce it to Kafka"
+    )
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="output file (.gz allowed)")
+    target.add_argument(
+        "--to-kafka", action="store_true", help="produce to the input topics (see --brokers)"
+    )
     simulate.add_argument("--users", type=int, default=500)
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--bad-ratio", type=float, default=0.01)
     simulate.add_argument(
         "--start", type=int, help="event time of the first event, epoch ms (default: now)"
     )
+    simulate.add_argument(
+        "--brokers", help="with --to-kafka: bootstrap servers (default: from settings)"
+    )
+    simulate.add_argument(
+        "--rate", type=float, help="with --to-kafka: events/s (default: as fast as possible)"
+    )
+    simulate.add_argument(
+        "--forever",
+        action="store_true",
+        help="with --to-kafka: new populations (seed+1, seed+2, ...) until Ctrl-C",
+    )
     simulate.set_defaults(run=_run_simulate)
+
+    tail = sub.add_parser("tail", help="print the records of a Kafka topic")
+    tail.add_argument("topic")
+    tail.add_argument("--brokers", help="bootstrap servers (default: from settings)")
+    tail.add_argument("--limit", type=int, help="stop after this many records")
+    tail.add_argument("--timeout", type=float, help="stop after this many seconds without one")
+    tail.add_argument("--from-end", action="store_true", help="only records that arrive from now")
+    tail.set_defaults(run=_run_tail)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run the live Faust worker (configured by LINKWATCH_* environment variables)",
+    )
+    worker.set_defaults(run=_run_worker)
+
+    dev = sub.add_parser(
+        "dev",
+        help="live demo: embedded broker, a worker, simulated traffic and a live view",
+    )
+    dev.add_argument(
+        "--users-per-min", type=float, default=60.0, help="new simulated users per minute"
+    )
+    dev.add_argument("--duration", type=float, help="stop after this many seconds")
+    dev.add_argument("--seed", type=int, default=7)
+    dev.set_defaults(run=_run_dev)
 
     check = sub.add_parser("check-journeys", help="validate a journeys file and print a summary")
     check.add_argument("journeys", type=Path, nargs="?")
@@ -142,6 +188,10 @@ def _run_schemas(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     from linkwatch.simulate import generate, write_jsonl
 
+    if args.to_kafka:
+        return _simulate_to_kafka(args)
+    if args.brokers or args.rate is not None or args.forever:
+        raise ConfigError("--brokers, --rate and --forever need --to-kafka")
     start = args.start if args.start is not None else int(time.time() * 1000)
     count = write_jsonl(
         Path(args.out),
@@ -149,6 +199,103 @@ def _run_simulate(args: argparse.Namespace) -> int:
     )
     print(f"wrote {count:,} records to {args.out}", file=sys.stderr)
     return 0
+
+
+def _simulate_to_kafka(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from linkwatch.produce import endless_traffic, produce
+    from linkwatch.simulate import generate
+    from linkwatch.topics import ensure_topics
+
+    if args.rate is not None and not args.rate > 0:
+        raise ConfigError(f"--rate must be > 0, not {args.rate}")
+    settings = _settings(args.brokers)
+    start = args.start if args.start is not None else int(time.time() * 1000)
+    if args.forever:
+        records = endless_traffic(
+            seed=args.seed, users=args.users, bad_ratio=args.bad_ratio, start_ms=start
+        )
+    else:
+        records = generate(
+            seed=args.seed, users=args.users, start_ms=start, bad_ratio=args.bad_ratio
+        )
+    sent = 0
+
+    def count(n: int) -> None:
+        nonlocal sent
+        sent = n
+
+    async def run() -> None:
+        await ensure_topics(settings, settings.input_topics.values(), settings.partitions)
+        await produce(settings, records, rate=args.rate, on_sent=count)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        print(f"\nstopped: {sent:,} records sent to {settings.brokers}", file=sys.stderr)
+        return 0
+    except (KafkaError, LinkWatchError) as exc:
+        print(f"linkwatch: {settings.brokers}: {exc}", file=sys.stderr)
+        return 1
+    print(f"produced {sent:,} records to {settings.brokers}", file=sys.stderr)
+    return 0
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from linkwatch.tail import tail
+
+    settings = _settings(args.brokers)
+    try:
+        asyncio.run(
+            tail(
+                settings,
+                args.topic,
+                from_beginning=not args.from_end,
+                limit=args.limit,
+                timeout=args.timeout,
+                out=sys.stdout,
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+    except (KafkaError, LinkWatchError) as exc:
+        print(f"linkwatch: {settings.brokers}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _settings(brokers: str | None) -> Settings:
+    """Settings from the environment, with the brokers given on the command line first."""
+    from pydantic import ValidationError
+
+    from linkwatch.settings import Settings
+
+    try:
+        return Settings(brokers=brokers) if brokers else Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings (LINKWATCH_* environment): {exc}") from None
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from linkwatch.worker import main as worker_main
+
+    worker_main()
+    return 0  # not reached: the worker exits the process
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from linkwatch.dev import run_dev
+
+    return int(
+        run_dev(rate_users_per_min=args.users_per_min, duration=args.duration, seed=args.seed)
+    )
 
 
 def _run_check_journeys(args: argparse.Namespace) -> int:

@@ -90,3 +90,12 @@ def run_worker(settings: Settings) -> NoReturn:
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings for the start-up log line, secrets masked by pydantic."""
     return settings.model_dump(mode="json")
+
+
+def main() -> None:
+    """`python -m linkwatch.worker` / `linkwatch worker`: settings from LINKWATCH_* only."""
+    run_worker(Settings())
+
+
+if __name__ == "__main__":
+    main()
