@@ -1,0 +1,194 @@
+"""The live worker on a real broker gives what `linkwatch replay` gives, loses nothing on a
+crash, and fires drop-offs of a partition that has gone quiet."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from linkwatch.deadletters import DeadLetter
+from linkwatch.journeys import load_journeys
+from linkwatch.produce import produce
+from linkwatch.replay import replay_lines
+from linkwatch.settings import Settings
+from linkwatch.simulate import generate
+from linkwatch.topics import ensure_topics
+from linkwatch.triggers import Trigger
+from tests.integration.workers import (
+    WorkerProcess,
+    read_topic,
+    run,
+    sum_metric,
+    trigger_ids,
+    wait_for,
+)
+
+START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes everything
+FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
+
+
+def oracle(lines: list[bytes]) -> tuple[list[Trigger], list[DeadLetter]]:
+    triggers: list[Trigger] = []
+    dead: list[DeadLetter] = []
+    replay_lines(
+        lines,
+        load_journeys(),
+        on_trigger=triggers.append,
+        on_dead_letter=dead.append,
+        close_open=True,  # the live worker ends there once idle partitions follow the clock
+    )
+    return triggers, dead
+
+
+async def prepare(settings: Settings) -> None:
+    names = [
+        *settings.input_topics.values(),
+        settings.topic_ticks,
+        settings.topic_triggers,
+        settings.topic_dlq,
+    ]
+    await ensure_topics(settings, names, settings.partitions)
+
+
+async def send_raw(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path: Path) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    lines = list(generate(users=5600, seed=11, start_ms=START, bad_ratio=0.01))
+    assert len(lines) >= 20_000
+    expected, dead = oracle(lines)
+    run(prepare(settings))
+    # Two records only a live worker can reject: wrong topic for the kind, wrong key.
+    click = orjson.loads(next(line for line in lines if b'"kind":"click"' in line))
+    wrong_topic = orjson.dumps(click | {"event_id": "wrong-topic"})
+    wrong_key = orjson.dumps(click | {"event_id": "wrong-key"})
+
+    with WorkerProcess(settings, tmp_path) as worker:
+        assert run(produce(settings, lines)) == len(lines)
+        run(send_raw(settings, settings.topic_purchase, click["user_id"].encode(), wrong_topic))
+        run(send_raw(settings, settings.topic_click, b"someone-else", wrong_key))
+        expected_ids = {t.trigger_id for t in expected}
+
+        def all_fired() -> bool:
+            return sum_metric(worker.metrics(), "linkwatch_triggers_total") >= len(expected_ids)
+
+        assert wait_for(all_fired, timeout=240), worker.tail_log()
+        time.sleep(2)  # anything extra would show up now
+        metrics = worker.metrics()
+        live = run(read_topic(settings, settings.topic_triggers))
+        letters = [orjson.loads(v) for _, v in run(read_topic(settings, settings.topic_dlq))]
+        assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
+
+    ids = trigger_ids(live)
+    assert set(ids) == expected_ids
+    assert len(ids) == len(set(ids))  # nothing sent twice in a clean run
+    # Dead letters: one for one with the bad records, plus the two live-only rejections.
+    expected_raw = Counter(d.original_bytes() for d in dead) + Counter([wrong_topic, wrong_key])
+    assert Counter(base64.b64decode(d["raw"]) for d in letters) == expected_raw
+    reasons = Counter(d["reason"] for d in letters)
+    assert reasons["topic_mismatch"] == 1
+    assert reasons["key_mismatch"] == 1
+    assert all(d["source"]["type"] == "kafka" and d["source"]["offset"] >= 0 for d in letters)
+    # Metrics agree with what was produced and what the oracle says.
+    report_valid = len(lines) - len(dead)
+    assert sum_metric(metrics, "linkwatch_events_total") == report_valid
+    for reason, count in Counter(d.reason.value for d in dead).items():
+        assert sum_metric(metrics, "linkwatch_records_rejected_total", reason=reason) == count
+    by_type = Counter(t.type for t in expected)
+    for kind, count in by_type.items():
+        assert sum_metric(metrics, "linkwatch_triggers_total", type=kind) == count
+    dropped = Counter((t.journey, t.missed_step, t.cause) for t in expected if t.type == "dropoff")
+    for (journey, step, cause), count in dropped.items():
+        assert (
+            sum_metric(
+                metrics,
+                "linkwatch_journey_dropped_off_total",
+                journey=str(journey),
+                step=str(step),
+                cause=str(cause),
+            )
+            == count
+        )
+    assert sum_metric(metrics, "linkwatch_events_late_total") == 0
+    assert sum_metric(metrics, "linkwatch_active_instances") == 0  # everything closed
+    assert sum_metric(metrics, "faust_messages_received_total") > 0  # Faust's own sensor too
+
+
+def test_a_quiet_partition_still_fires_its_drop_offs(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    run(prepare(settings))
+    with WorkerProcess(settings, tmp_path) as worker:
+        # Real-time traffic: a cart 29m57s ago, so its 30m checkout budget ends in 3 s, and
+        # then nothing else ever arrives on any partition.
+        now = int(time.time() * 1000)
+        deadline = now + 3_000
+        cart = {
+            "kind": "click",
+            "event_id": "quiet-1",
+            "user_id": "quiet-user",
+            "ts": deadline - 30 * 60_000,
+            "channel": "web",
+            "link_id": "l1",
+            "url": "https://shop.example/cart",
+            "page": "cart",
+        }
+        run(send_raw(settings, settings.topic_click, b"quiet-user", orjson.dumps(cart)))
+
+        def fired() -> bool:
+            return bool(run(read_topic(settings, settings.topic_triggers)))
+
+        # Bound from the issue: idle_timeout (2 s) + 2 s after the deadline; the extra slack
+        # only keeps a loaded CI machine from failing it (the bench reports the real delay).
+        assert wait_for(fired, timeout=3 + 2 + 2 + 10, interval=0.5), worker.tail_log()
+        (record,) = run(read_topic(settings, settings.topic_triggers))
+        trigger = orjson.loads(record[1])
+        assert (trigger["journey"], trigger["missed_step"]) == ("cart_to_purchase", "checkout")
+        assert trigger["user_id"] == "quiet-user"
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_worker_is_replaced_without_losing_a_trigger(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    lines = list(generate(users=3000, seed=5, start_ms=START, bad_ratio=0.0))
+    expected_ids = {t.trigger_id for t in oracle(lines)[0]}
+    half = len(lines) // 2
+    run(prepare(settings))
+    first = WorkerProcess(settings, tmp_path, name="first").start()
+    try:
+        run(produce(settings, lines[:half]))
+        assert wait_for(
+            lambda: first.metrics()
+            and sum_metric(first.metrics(), "linkwatch_events_total") > half // 3,
+            timeout=120,
+        ), first.tail_log()
+    finally:
+        first.kill()  # kill -9 in the middle of the stream: no graceful anything
+    run(produce(settings, lines[half:]))
+    with WorkerProcess(settings, tmp_path, name="second") as second:
+
+        def all_fired() -> bool:
+            ids = set(trigger_ids(run(read_topic(settings, settings.topic_triggers))))
+            return expected_ids <= ids
+
+        assert wait_for(all_fired, timeout=300, interval=3), second.tail_log()
+    ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
+    assert set(ids) == expected_ids  # nothing missing, nothing invented
+    duplicates = len(ids) - len(set(ids))  # re-sent after the crash, with the same ids
+    print(f"triggers {len(ids)}, unique {len(set(ids))}, duplicates {duplicates}")

@@ -1,0 +1,164 @@
+"""Running real workers (`python -m linkwatch.worker`) and reading topics, for the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from linkwatch.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"LINKWATCH_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """One `linkwatch worker` process; its log goes to a file the failure message names."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+        self.settings = settings.model_copy(update={"web_port": free_port(), "log_format": "text"})
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port}"
+
+    def start(self, ready_timeout: float = 90.0) -> Self:
+        env = os.environ | settings_env(self.settings)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "linkwatch.worker"], env=env, stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.tail_log()}")
+            if self.get("/readyz", quiet=True) == 200:
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {ready_timeout} s:\n{self.tail_log()}")
+
+    def get(self, path: str, quiet: bool = False) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:  # noqa: S310
+                return int(response.status)
+        except OSError as exc:
+            if quiet:
+                return getattr(exc, "code", 0) or 0
+            raise
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+        return samples
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM; the exit code (raises if it takes longer than `timeout`)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def tail_log(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+def sum_metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    wanted = set(labels.items())
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and wanted <= set(sample_labels)
+    )
+
+
+async def read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every record now in `topic` (no consumer group), as (key, value) pairs."""
+    consumer = AIOKafkaConsumer(**settings.aiokafka_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            return []
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        quiet_polls = 0
+        while quiet_polls < 3:  # end offsets are unreliable on Tansu: read until quiet
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            quiet_polls = 0 if batch else quiet_polls + 1
+            for messages in batch.values():
+                records.extend((m.key, m.value) for m in messages)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def trigger_ids(records: list[Any]) -> list[str]:
+    return [orjson.loads(value)["trigger_id"] for _, value in records]
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
