@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SAMPLE := data/sample-events.jsonl.gz
 
-.PHONY: install run test lint typecheck pytest schemas sample bench clean
+.PHONY: install run replay test lint typecheck schemas sample bench bench-service clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## run: replay the sample data shipped in the repo and print the report
+## run: the live demo: embedded broker, a worker, simulated traffic, a live view (Ctrl-C stops)
 run: install
+	$(BIN)/linkwatch dev
+
+## replay: replay the sample data shipped in the repo and print the report
+replay: install
 	$(BIN)/linkwatch replay $(SAMPLE) --out /tmp/linkwatch-triggers.jsonl --dead-letters /tmp/linkwatch-dead-letters.jsonl
 	@echo "triggers: /tmp/linkwatch-triggers.jsonl   dead letters: /tmp/linkwatch-dead-letters.jsonl"
 
@@ -41,6 +45,9 @@ sample: install
 
 bench: install
 	$(BIN)/python bench/engine.py
+
+bench-service: install
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

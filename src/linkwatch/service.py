@@ -139,13 +139,15 @@ class LiveJourneys:
         backlog = self._backlog_of(partition, message.tp)
         if kind is None:  # a tick
             outputs = processor.on_tick(now, backlog)
-            self._save_progress(partition, processor, now)
         else:
             outputs = await self._on_record(processor, kind, message, now, backlog)
         if outputs:
             self.metrics.count_outputs(outputs)
             await self._publish(outputs, now)
+        # Only now, with every trigger delivered, may the state that produced them be written.
         self.stores[partition].flush()
+        if kind is None:
+            self._save_progress(partition, processor, now)
 
     async def _on_record(
         self,

@@ -1,0 +1,138 @@
+"""The worker's adapter around the engine, without a broker: ordering of deliveries and state
+writes, rejections only a live worker can make, and ticks. The table and topics are stand-ins
+that record what happens, in order; the code under test is the real `LiveJourneys`."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from linkwatch.journeys import JourneySet
+from linkwatch.metrics import Metrics
+from linkwatch.service import LiveJourneys
+from linkwatch.settings import Settings
+from linkwatch.state import load_state
+from tests.builders import at, raw
+
+Log = list[tuple[str, Any]]
+
+
+class RecordingTable(dict[bytes, bytes]):
+    def __init__(self, log: Log, name: str) -> None:
+        super().__init__()
+        self.log = log
+        self.name = name
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.log.append((f"{self.name} written", key))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.log.append((f"{self.name} deleted", key))
+        super().__delitem__(key)
+
+
+class RecordingTopic:
+    """`send` returns a delivery future that completes a moment later, like a producer."""
+
+    def __init__(self, log: Log, name: str) -> None:
+        self.log = log
+        self.name = name
+        self.sent: list[tuple[bytes | None, bytes]] = []
+
+    async def send(self, *, key: bytes | None, value: bytes, force: bool) -> asyncio.Future[None]:
+        assert force, "outputs must not wait for the offset commit"
+        self.sent.append((key, value))
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def deliver() -> None:
+            self.log.append((f"{self.name} delivered", key))
+            delivered.set_result(None)
+
+        asyncio.get_running_loop().call_later(0.01, deliver)
+        return delivered
+
+
+def message(topic: str, offset: int, key: bytes | None, value: bytes | None) -> Any:
+    tp = SimpleNamespace(topic=topic, partition=0, _replace=lambda **kw: None)
+    return SimpleNamespace(
+        message=SimpleNamespace(
+            topic=topic, partition=0, offset=offset, key=key, value=value, tp=tp
+        )
+    )
+
+
+@pytest.fixture
+def live(cart_journeys: JourneySet) -> tuple[LiveJourneys, Log]:
+    log: Log = []
+    settings = Settings(idle_timeout="1s")
+    journeys = LiveJourneys(
+        settings,
+        cart_journeys,
+        Metrics(CollectorRegistry()),
+        RecordingTable(log, "state"),
+        RecordingTable(log, "watermark"),
+        RecordingTopic(log, "trigger"),
+        RecordingTopic(log, "dead letter"),
+    )
+    return journeys, log
+
+
+async def test_a_trigger_is_delivered_before_the_state_that_produced_it(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    journeys, log = live
+    dead_end = raw(event_id="a", page="cart", landing_status=404)
+    await journeys.on_event(message("events.click", 0, b"u1", dead_end))
+    assert log == [("trigger delivered", b"u1"), ("state written", b"u1")]
+    partition, state = load_state(journeys.states[b"u1"])
+    assert partition == 0
+    assert state.recent  # the dedup memory that would hide a replayed event is now durable
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "value", "reason"),
+    [
+        ("events.purchase", b"u1", raw(page="cart"), "topic_mismatch"),
+        ("events.click", b"someone-else", raw(page="cart"), "key_mismatch"),
+        ("events.click", None, raw(page="cart"), "key_mismatch"),
+        ("events.click", b"u1", None, "empty"),
+        ("events.click", b"u1", b'{"kind": "click"', "invalid_json"),
+    ],
+)
+async def test_records_only_a_live_worker_can_reject_are_dead_lettered(
+    live: tuple[LiveJourneys, Log], topic: str, key: bytes | None, value: bytes | None, reason: str
+) -> None:
+    journeys, _ = live
+    await journeys.on_event(message(topic, 7, key, value))
+    ((_, letter),) = journeys.dlq_topic.sent
+    decoded = orjson.loads(letter)
+    assert decoded["reason"] == reason
+    assert decoded["source"] == {"type": "kafka", "topic": topic, "partition": 0, "offset": 7}
+    assert b"u1" not in journeys.states
+
+
+async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    journeys, log = live
+    await journeys.on_event(
+        message("events.click", 0, b"u1", raw(event_id="a", ts=at(0), page="cart"))
+    )
+    assert journeys.triggers_topic.sent == []
+    await asyncio.sleep(1.1)  # idle_timeout: the only source falls silent
+    await journeys.on_event(message("linkwatch.ticks", 0, None, b""))
+    ((key, value),) = journeys.triggers_topic.sent
+    assert key == b"u1"
+    assert orjson.loads(value)["missed_step"] == "checkout"
+    # The user is idle long past the state TTL: forgotten, but only after the delivery.
+    assert log[-3:] == [
+        ("trigger delivered", b"u1"),
+        ("state deleted", b"u1"),
+        ("watermark written", b"0"),
+    ]
