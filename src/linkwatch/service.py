@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -74,6 +75,7 @@ class LiveJourneys:
     # Offset of the last record handled per (topic, partition), to tell backlog from silence.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     highwater: Any = None  # (TP) -> next offset to be written; set once the consumer exists
+    assigned: Callable[[], set[int]] | None = None  # partitions this worker owns now
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -88,29 +90,32 @@ class LiveJourneys:
         return found
 
     def _load(self, partition: int, now: int) -> PartitionProcessor:
-        """First record of a newly assigned partition: rebuild it from the recovered table."""
-        states = load_partitions(self.states, [partition])[partition]
-        store = PartitionStore(self.states, partition, states)
-        processor = PartitionProcessor(
-            self.engine,
-            store,
-            idle_timeout_ms=self.settings.idle_timeout_ms,
-            started_at=now,
-            sources=self.settings.input_topics.values(),
-        )
-        progress = self.watermarks.get(str(partition).encode())
-        saved = orjson.loads(progress) if progress else {}
-        processor.restore(saved.get("watermark"), saved.get("sources", {}), now)
-        self.processors[partition] = processor
-        self.stores[partition] = store
+        """First record of a newly assigned partition: rebuild it, and every other partition
+        assigned but not loaded yet, from the recovered table in one pass over it."""
+        owned = self.assigned() if self.assigned is not None else set()
+        wanted = (owned - set(self.processors)) | {partition}
+        for number, states in load_partitions(self.states, wanted).items():
+            store = PartitionStore(self.states, number, states)
+            processor = PartitionProcessor(
+                self.engine,
+                store,
+                idle_timeout_ms=self.settings.idle_timeout_ms,
+                started_at=now,
+                sources=self.settings.input_topics.values(),
+            )
+            progress = self.watermarks.get(str(number).encode())
+            saved = orjson.loads(progress) if progress else {}
+            processor.restore(saved.get("watermark"), saved.get("sources", {}), now)
+            self.processors[number] = processor
+            self.stores[number] = store
+            log.info(
+                "partition %d ready: %d users, watermark %s",
+                number,
+                len(states),
+                processor.watermark,
+            )
         self._reset_active()
-        log.info(
-            "partition %d ready: %d users, watermark %s",
-            partition,
-            len(states),
-            processor.watermark,
-        )
-        return processor
+        return self.processors[partition]
 
     def forget(self, partitions: set[int]) -> None:
         """Revoked partitions: another worker owns them now (their state is in the table)."""
@@ -329,6 +334,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     )
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     linkwatch = LinkWatchApp(app, live, registry, settings)
+    live.assigned = linkwatch.assigned_partitions
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
