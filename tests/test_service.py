@@ -136,3 +136,23 @@ async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
         ("state deleted", b"u1"),
         ("watermark written", b"0"),
     ]
+
+
+async def test_an_unexpected_error_costs_one_record_not_the_stream(
+    live: tuple[LiveJourneys, Log], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journeys, _ = live
+    processor = journeys.processor(0, 0)
+    real = processor.process
+
+    def broken_for_u2(event: Any, *args: Any) -> Any:
+        if event.user_id == "u2":
+            raise ZeroDivisionError("a bug")
+        return real(event, *args)
+
+    monkeypatch.setattr(processor, "process", broken_for_u2)
+    await journeys.on_event(message("events.click", 1, b"u2", raw(user_id="u2", page="cart")))
+    await journeys.on_event(message("events.click", 2, b"u1", raw(event_id="b", page="cart")))
+    ((_, letter),) = journeys.dlq_topic.sent
+    assert orjson.loads(letter)["reason"] == "processing_error"
+    assert b"u1" in journeys.states  # the next record went through

@@ -29,6 +29,7 @@ class RejectReason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     KEY_MISMATCH = "key_mismatch"  # live: the Kafka key is not the record's user_id
     TOPIC_MISMATCH = "topic_mismatch"  # live: the record's kind is not its topic's kind
+    PROCESSING_ERROR = "processing_error"  # live: an unexpected error; logged with its traceback
 
 
 class RecordRejected(LinkWatchError):  # a verdict on a record, not a failure

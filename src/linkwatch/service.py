@@ -183,6 +183,18 @@ class LiveJourneys:
         except RecordRejected as rejection:
             await self._dead_letter(raw or b"", rejection, message)
             return []
+        except Exception as exc:  # a bug must cost one record, not the stream
+            log.exception(
+                "record %s/%d@%d failed; dead-lettered",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            failure = RecordRejected(
+                RejectReason.PROCESSING_ERROR, f"{type(exc).__name__} while processing the record"
+            )
+            await self._dead_letter(raw or b"", failure, message)
+            return []
         self.metrics.count_event(event.kind, event.channel, result.verdict)
         return result.outputs
 
