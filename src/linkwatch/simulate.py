@@ -6,7 +6,9 @@ every journey sees conversions, drop-offs (every cause) and late returns, next t
 group-chat activity, dead-end links, re-sent duplicates and malformed records.
 
 One `random.Random(seed)` drives everything and no clock is read, so the same arguments always
-give the same bytes.
+give the same bytes. `time_scale` compresses every simulated duration (the live demo runs an hour
+of behaviour in a minute, against journeys whose budgets are scaled the same way); it changes no
+random draw, so a scaled run is the same story told faster.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from linkwatch.events import MAX_TS_MS, MIN_TS_MS
-from linkwatch.journeys import load_journeys
+from linkwatch.journeys import JourneySet, load_journeys
 
 Record = dict[str, Any]
 
@@ -92,6 +94,7 @@ FRIENDS_PER_SHARE: Final = {0: 35, 1: 30, 2: 20, 3: 10, 4: 5}
 CHAT_ACTIONS: Final = {"message": 80, "mention": 12, "red_packet": 8}
 # The contract's latest usable start: leaves room for the longest fission chains.
 MAX_START_MS: Final = MAX_TS_MS - 30 * 24 * HOUR
+MIN_TIME_SCALE: Final = 1e-6
 CHINA_TIME: Final = timezone(timedelta(hours=8))
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -191,16 +194,25 @@ class PendingVisit(NamedTuple):
 class _Simulation:
     """Builds the event list. Each method draws from the one rng, in a fixed order."""
 
-    def __init__(self, seed: int, users: int, start_ms: int) -> None:
+    def __init__(
+        self,
+        seed: int,
+        users: int,
+        start_ms: int,
+        *,
+        time_scale: float,
+        journeys: JourneySet,
+        user_prefix: str,
+    ) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - reproducible test traffic, not security
         self.seed = seed
         self.start_ms = start_ms
+        self.time_scale = time_scale
         self.events: list[tuple[int, Record]] = []
         self.event_count = 0
         self.share_count = 0
         self.order_count = 0
         self.queue: deque[PendingVisit] = deque()
-        journeys = load_journeys()
         self.step_index = {
             (j.name, step.name): index
             for j in journeys.journeys
@@ -217,7 +229,7 @@ class _Simulation:
         self.content_product = {
             f"ct{n + 1:03d}": self._pick_product() for n in range(CONTENT_COUNT)
         }
-        self.user_ids = [f"u{n + 1:04d}" for n in range(users)]
+        self.user_ids = [f"{user_prefix}{n + 1:04d}" for n in range(users)]
         self.roles = rng.choices(list(ROLE_WEIGHTS), list(ROLE_WEIGHTS.values()), k=users)
         self.friends: deque[str] = deque(
             user for user, role in zip(self.user_ids, self.roles, strict=True) if role == "friend"
@@ -231,7 +243,7 @@ class _Simulation:
 
     def run(self) -> None:
         arrivals = sorted(
-            (self.start_ms + self.rng.randrange(ARRIVAL_WINDOW_MS), user, role)
+            (self.start_ms + self.rng.randrange(self._ms(ARRIVAL_WINDOW_MS)), user, role)
             for user, role in zip(self.user_ids, self.roles, strict=True)
             if role != "friend"
         )
@@ -249,7 +261,7 @@ class _Simulation:
         # Friends nobody's share reached arrive on their own, like any shopper.
         while self.friends:
             user = self.friends.popleft()
-            arrived = self.start_ms + self.rng.randrange(ARRIVAL_WINDOW_MS)
+            arrived = self.start_ms + self.rng.randrange(self._ms(ARRIVAL_WINDOW_MS))
             self.queue.append(self._organic_visit(user, "shopper", arrived))
             self._drain()
 
@@ -292,7 +304,7 @@ class _Simulation:
                     break
                 previous = now
                 now += self._gap(self._remaining(open_journeys, stage, now))
-                if now - previous > SESSION_GAP_MS:
+                if now - previous > self._ms(SESSION_GAP_MS):
                     session = self._new_session()
                 for journey in [j for j in open_journeys if self._deadline(j, open_journeys) < now]:
                     del open_journeys[journey]
@@ -308,7 +320,7 @@ class _Simulation:
             SHARE_AFTER_PURCHASE_RATE if bought else SHARE_AFTER_PRODUCT_RATE if viewed else 0.0
         )
         if self.rng.random() < share_rate:
-            self._share(visit, now + self.rng.randint(MINUTE, 20 * MINUTE))
+            self._share(visit, now + self.rng.randint(self._ms(MINUTE), self._ms(20 * MINUTE)))
 
     def _deadline(self, journey: str, open_journeys: dict[str, tuple[int, int]]) -> int:
         step, when = open_journeys[journey]
@@ -343,11 +355,16 @@ class _Simulation:
         """How long until the next hop: mostly within the budget, sometimes just past it."""
         rng = self.rng
         if remaining is None:
-            return rng.randint(5 * SECOND, PATIENCE_MS)
-        if remaining <= LATE_RETURN_MAX_BUDGET_MS and rng.random() < LATE_RETURN_RATE:
-            return remaining + rng.randint(MINUTE, 40 * MINUTE)
+            return rng.randint(self._ms(5 * SECOND), self._ms(PATIENCE_MS))
+        if remaining <= self._ms(LATE_RETURN_MAX_BUDGET_MS) and rng.random() < LATE_RETURN_RATE:
+            return remaining + rng.randint(self._ms(MINUTE), self._ms(40 * MINUTE))
         # Skewed towards quick hops: most people continue soon or not at all.
-        return int(min(remaining, MAX_IN_BUDGET_GAP_MS) * (0.01 + 0.94 * rng.random() ** 2))
+        longest = min(remaining, self._ms(MAX_IN_BUDGET_GAP_MS))
+        return int(longest * (0.01 + 0.94 * rng.random() ** 2))
+
+    def _ms(self, duration: float) -> int:
+        """A simulated duration on the run's time scale (exact when the scale is 1)."""
+        return int(duration * self.time_scale)
 
     def _perform(
         self, visit: Visit, action: str, ts: int, session: str, *, first: bool
@@ -366,7 +383,7 @@ class _Simulation:
             )
             if self.rng.random() >= DEAD_END_RETRY_RATE:
                 return None
-            ts += self.rng.randint(3 * SECOND, 40 * SECOND)
+            ts += self.rng.randint(self._ms(3 * SECOND), self._ms(40 * SECOND))
         status_ok = None if self.rng.random() < NO_LANDING_STATUS_RATE else 200
         self._emit(
             "click", visit.user_id, ts, channel, **context, landing_status=status_ok, **fields
@@ -522,7 +539,7 @@ class _Simulation:
 
     def _reaction_delay(self) -> int:
         """How long after a share a friend clicks it: minutes usually, hours sometimes."""
-        return int(MINUTE + 2 * HOUR * self.rng.random() ** 3)
+        return self._ms(MINUTE + 2 * HOUR * self.rng.random() ** 3)
 
     # -- group chats ---------------------------------------------------------------------------
 
@@ -532,7 +549,7 @@ class _Simulation:
         rng = self.rng
         group = rng.choices(list(GROUP_WEIGHTS), list(GROUP_WEIGHTS.values()))[0]
         left_at = (
-            joined_at + rng.randint(10 * MINUTE, 5 * HOUR)
+            joined_at + rng.randint(self._ms(10 * MINUTE), self._ms(5 * HOUR))
             if rng.random() < GROUP_LEAVE_RATE
             else None
         )
@@ -540,14 +557,16 @@ class _Simulation:
         self.members[group].append(member)
         self.membership[user] = member
         self._emit_chat(user, joined_at, group, "join")
-        active_until = min(left_at or joined_at + 4 * HOUR, joined_at + 4 * HOUR)
+        active_until = min(
+            left_at or joined_at + self._ms(4 * HOUR), joined_at + self._ms(4 * HOUR)
+        )
         for _ in range(rng.choice((0, 0, 1, 1, 2, 3, 5, 8))):
             action = rng.choices(list(CHAT_ACTIONS), list(CHAT_ACTIONS.values()))[0]
             self._emit_chat(user, rng.randint(joined_at + 1, active_until - 1), group, action)
         if left_at is not None:
             self._emit_chat(user, left_at, group, "leave")
         if rng.random() < KOC_RATE:
-            return [(member, rng.randint(joined_at + 5 * MINUTE, active_until - 1))]
+            return [(member, rng.randint(joined_at + self._ms(5 * MINUTE), active_until - 1))]
         return []
 
     def _emit_chat(self, user: str, ts: int, group: str, action: str) -> None:
@@ -667,13 +686,19 @@ def generate(
     start_ms: int,
     bad_ratio: float = 0.01,
     disorder_ms: int = 2000,
+    time_scale: float = 1.0,
+    journeys: JourneySet | None = None,
+    user_prefix: str = "u",
 ) -> Iterator[bytes]:
-    """Simulated traffic of `users` people arriving over 3 hours from `start_ms` (event time).
+    """Simulated traffic of `users` people arriving over 3 hours times `time_scale` from
+    `start_ms` (event time), walking `journeys` (default: the built-in ones) within their
+    budgets or not.
 
     Returns JSON records (no trailing newline) in event-time order, each at most `disorder_ms`
     of event time behind the newest before it. `bad_ratio` of them are malformed; about 0.5% of
-    the valid ones are re-sent exact duplicates. Arguments are checked at once; records are
-    produced when first asked for."""
+    the valid ones are re-sent exact duplicates. User ids are `user_prefix` and a number, so
+    populations that overlap in time can be told apart. Arguments are checked at once; records
+    are produced when first asked for."""
     if users < 0:
         raise ValueError(f"users must be >= 0, not {users}")
     if not 0 <= bad_ratio < 1:
@@ -682,13 +707,21 @@ def generate(
         raise ValueError(f"disorder_ms must be >= 0, not {disorder_ms}")
     if not MIN_TS_MS <= start_ms <= MAX_START_MS:
         raise ValueError(f"start_ms {start_ms} is outside [{MIN_TS_MS}, {MAX_START_MS}]")
-    return _records(seed, users, start_ms, bad_ratio, disorder_ms)
+    # Below a millionth, a simulated hour is a few ms and bounded draws become empty ranges.
+    if not MIN_TIME_SCALE <= time_scale <= 1:
+        raise ValueError(f"time_scale must be in [{MIN_TIME_SCALE:g}, 1], not {time_scale}")
+    simulation = _Simulation(
+        seed,
+        users,
+        start_ms,
+        time_scale=time_scale,
+        journeys=journeys if journeys is not None else load_journeys(),
+        user_prefix=user_prefix,
+    )
+    return _records(simulation, bad_ratio, disorder_ms)
 
 
-def _records(
-    seed: int, users: int, start_ms: int, bad_ratio: float, disorder_ms: int
-) -> Iterator[bytes]:
-    simulation = _Simulation(seed, users, start_ms)
+def _records(simulation: _Simulation, bad_ratio: float, disorder_ms: int) -> Iterator[bytes]:
     simulation.run()
     rng = simulation.rng
     events = simulation.events
