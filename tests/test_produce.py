@@ -135,7 +135,9 @@ def test_a_rate_must_be_positive(rate: float) -> None:
 
 def test_endless_traffic_follows_each_population_with_the_next_seed_in_event_time() -> None:
     def population(seed: int, start_ms: int) -> tuple[list[bytes], int]:
-        records = list(generate(seed=seed, users=4, start_ms=start_ms, bad_ratio=0))
+        records = list(
+            generate(seed=seed, users=4, start_ms=start_ms, bad_ratio=0, user_prefix=f"u{seed}-")
+        )
         return records, max(decode_event(record).ts for record in records)
 
     # The wall clock lags the event time: each population starts after the newest event before.
@@ -147,6 +149,10 @@ def test_endless_traffic_follows_each_population_with_the_next_seed_in_event_tim
     )
     expected = first + second + third
     assert list(islice(stream, len(expected))) == expected
+    # Each population has its own users: no open journey is shared across populations.
+    users = [{decode_event(r).user_id for r in part} for part in (first, second, third)]
+    assert not users[0] & users[1]
+    assert not users[1] & users[2]
 
 
 def test_endless_traffic_starts_at_the_wall_clock_when_that_is_later() -> None:

@@ -129,11 +129,15 @@ def endless_traffic(
 
     Each starts at the wall clock, but never before the newest event time of the one before:
     a population covers hours of event time, and starting it behind that would make the whole
-    of it late for the worker's watermark."""
+    of it late for the worker's watermark. Each population has its own user ids (`u<seed>-`),
+    so one population's open journeys are never advanced by the next one's users."""
     start = start_ms if start_ms is not None else wall_clock_ms()
     while True:
         newest = start
-        for record in generate(seed=seed, users=users, start_ms=start, bad_ratio=bad_ratio):
+        population = generate(
+            seed=seed, users=users, start_ms=start, bad_ratio=bad_ratio, user_prefix=f"u{seed}-"
+        )
+        for record in population:
             with suppress(RecordRejected):  # a deliberately bad record has no event time
                 newest = max(newest, decode_event(record).ts)
             yield record

@@ -79,6 +79,7 @@ def run_worker(settings: Settings) -> NoReturn:
     worker = LinkWatchWorker(
         linkwatch.app,
         loglevel=settings.log_level,
+        quiet=True,  # no banner or start-up spinner: they are terminal escapes in a log file
         override_logging=False,
         redirect_stdouts=False,
     )
