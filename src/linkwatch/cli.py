@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         help="live demo: embedded broker, a worker, simulated traffic and a live view",
     )
     dev.add_argument(
-        "--users-per-min", type=float, default=60.0, help="new simulated users per minute"
+        "--users-per-min", type=float, default=240.0, help="new simulated users per minute"
     )
     dev.add_argument("--duration", type=float, help="stop after this many seconds")
     dev.add_argument("--seed", type=int, default=7)

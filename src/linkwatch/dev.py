@@ -582,7 +582,7 @@ async def _follow_triggers(settings: Settings, partitions: int, last: deque[Trig
 
 def run_dev(
     *,
-    rate_users_per_min: float = 60.0,
+    rate_users_per_min: float = 240.0,
     duration: float | None = None,
     view: bool | None = None,
     seed: int = 7,
