@@ -15,6 +15,7 @@ from linkwatch.codec import decode_event
 from linkwatch.engine import JourneyEngine, Transition
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import (
+    CHANNELS,
     ClickEvent,
     Event,
     GroupChatEvent,
@@ -24,7 +25,7 @@ from linkwatch.events import (
 )
 from linkwatch.journeys import load_journeys
 from linkwatch.partition import PartitionProcessor
-from linkwatch.simulate import CHANNELS, generate, write_jsonl
+from linkwatch.simulate import generate, write_jsonl
 from linkwatch.triggers import DROPOFF_CAUSES, Trigger
 
 T0 = 1_732_233_600_000  # 2024-11-22T00:00:00Z

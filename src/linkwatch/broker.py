@@ -54,7 +54,7 @@ class EmbeddedBroker:
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
     ) -> None:
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self.binary = os.fspath(binary) if binary is not None else None
         log_dir = log_dir if log_dir is not None else Path(tempfile.mkdtemp(prefix="lw-broker-"))
         self.log_path = log_dir / "tansu.log"
@@ -181,7 +181,7 @@ class EmbeddedBroker:
             raise KafkaError(f"another broker answers on {self.bootstrap}: {cluster}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A port the kernel considers free right now (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from linkwatch.broker import BrokerError, EmbeddedBroker
+from linkwatch.broker import BrokerError, EmbeddedBroker, free_port
 from linkwatch.codec import decode_event
 from linkwatch.errors import ConfigError, RecordRejected
 from linkwatch.journeys import JourneySet, load_journeys
@@ -471,23 +470,7 @@ class WorkerProcess:
 
 def _worker_env(settings: Settings) -> dict[str, str]:
     """Our environment plus the settings the demo chose, so the worker sees what we see."""
-    chosen = {
-        "brokers": settings.brokers,
-        "web_port": str(settings.web_port),
-        "journeys_file": str(settings.journeys_file),
-        "idle_timeout": settings.idle_timeout,
-        "data_dir": str(settings.data_dir),
-        "app_id": settings.app_id,
-        "log_format": settings.log_format,
-    }
-    return {**os.environ, **{f"LINKWATCH_{name.upper()}": value for name, value in chosen.items()}}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    return {**os.environ, **settings.to_env()}
 
 
 @contextmanager
@@ -642,7 +625,7 @@ class _Demo:
         try:
             settings = Settings(
                 brokers=broker.url,
-                web_port=_free_port(),
+                web_port=free_port(),
                 journeys_file=journeys_path,
                 idle_timeout="2s",
                 data_dir=run_dir / "state",

@@ -38,6 +38,19 @@ MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 KINDS: Final = ("click", "share", "purchase", "group_chat")
+# Channels the domain names (online, community and offline spaces). The contract accepts any
+# identifier; metrics count unknown ones as "other" so labels stay a bounded set.
+CHANNELS: Final = (
+    "article",
+    "ad",
+    "search",
+    "web",
+    "app",
+    "mini_program",
+    "group_chat",
+    "moments",
+    "offline_store",
+)
 Kind = Literal["click", "share", "purchase", "group_chat"]
 Page = Literal["content", "landing", "product", "detail", "search", "cart", "checkout", "other"]
 ShareTarget = Literal["group_chat", "moments", "direct", "other"]

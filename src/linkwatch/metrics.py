@@ -10,23 +10,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
+from linkwatch.events import CHANNELS
 from linkwatch.triggers import Trigger
 
-# Channels known to the domain; anything else is counted as "other" so a producer inventing
-# channels cannot blow up the label set.
-KNOWN_CHANNELS: Final = frozenset(
-    {
-        "article",
-        "ad",
-        "search",
-        "web",
-        "app",
-        "mini_program",
-        "group_chat",
-        "moments",
-        "offline_store",
-    }
-)
+KNOWN_CHANNELS: Final = frozenset(CHANNELS)
 
 
 class Metrics:

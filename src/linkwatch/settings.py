@@ -115,6 +115,17 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         return ";".join(f"kafka://{server}" for server in self.bootstrap_servers)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as LINKWATCH_* variables, e.g. for a worker process we start."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"LINKWATCH_{name.upper()}"] = str(value)
+        return env
+
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.security_protocol not in {"SSL", "SASL_SSL"}:
             return None

@@ -36,17 +36,6 @@ SECOND: Final = 1_000
 MINUTE: Final = 60 * SECOND
 HOUR: Final = 60 * MINUTE
 
-CHANNELS: Final = (
-    "article",
-    "ad",
-    "search",
-    "web",
-    "app",
-    "mini_program",
-    "group_chat",
-    "moments",
-    "offline_store",
-)
 # Where a visitor shops after the first click: an article link opens the web shop, a group-chat
 # or moments link opens the mini-program, and so on.
 SHOP_CHANNEL: Final = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,32 +17,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from linkwatch.broker import free_port
 from linkwatch.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"LINKWATCH_{name.upper()}"] = str(value)
-    return env
 
 
 class WorkerProcess:
     """One `linkwatch worker` process; its log goes to a file the failure message names."""
 
     def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
-        self.settings = settings.model_copy(update={"web_port": free_port(), "log_format": "text"})
+        update = {"web_port": free_port(), "log_format": "text"}
+        self.settings = settings.model_copy(update=update)
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -52,7 +35,7 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     def start(self, ready_timeout: float = 90.0) -> Self:
-        env = os.environ | settings_env(self.settings)
+        env = os.environ | self.settings.to_env()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "linkwatch.worker"], env=env, stdout=log, stderr=log
