@@ -54,9 +54,23 @@ def test_replay_of_the_sample_writes_triggers_dead_letters_and_a_consistent_repo
         source = letter["source"]
         assert isinstance(source, dict)
         assert base64.b64decode(str(letter["raw"])) == lines[int(source["line"]) - 1]
-    triggers = read_jsonl(out)
+    records = read_jsonl(out)
+    triggers = [r for r in records if r["type"] != "resolution"]
+    resolutions = [r for r in records if r["type"] == "resolution"]
     assert len(triggers) == sum(report["triggers"].values())
+    assert len(resolutions) == report["resolutions"] > 0
     assert len({t["trigger_id"] for t in triggers}) == len(triggers)
+    # Each resolution cancels a drop-off of the same user and journey that came before it.
+    dropoffs = {t["trigger_id"]: t for t in triggers if t["type"] == "dropoff"}
+    position = {r["trigger_id"]: i for i, r in enumerate(records) if r["type"] != "resolution"}
+    for i, resolution in enumerate(records):
+        if resolution["type"] == "resolution":
+            cancelled = dropoffs[resolution["trigger_id"]]
+            assert position[resolution["trigger_id"]] < i
+            assert (cancelled["user_id"], cancelled["journey"]) == (
+                resolution["user_id"],
+                resolution["journey"],
+            )
     dropped = sum(step["dropped_off"] for j in report["journeys"].values() for step in j["steps"])
     assert report["triggers"]["dropoff"] == dropped
     causes = {t["cause"] for t in triggers}

@@ -61,6 +61,7 @@ def test_demo_journeys_are_the_default_ones_sixty_times_faster(demo: JourneySet)
     scaled = replace(
         default,
         allowed_lateness_ms=2000,
+        recovery_window_ms=default.recovery_window_ms // 60,
         journeys=tuple(
             replace(
                 journey,

@@ -13,7 +13,7 @@ from linkwatch.events import format_ts
 from linkwatch.journeys import JourneySet
 from linkwatch.partition import PartitionProcessor
 from linkwatch.replay import ReplayResult, replay_lines
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.builders import at, raw
 
 Rec = dict[str, Any]
@@ -30,9 +30,17 @@ def purchase(eid: str, ts: int, user: str = "u1", **extra: Any) -> bytes:
 def run(
     journeys: JourneySet, lines: Sequence[bytes], close_open: bool = False
 ) -> tuple[list[Trigger], ReplayResult]:
-    triggers: list[Trigger] = []
-    result = replay_lines(lines, journeys, on_trigger=triggers.append, close_open=close_open)
-    return triggers, result
+    """Triggers only; `run_all` also gives the resolutions."""
+    records, result = run_all(journeys, lines, close_open)
+    return [r for r in records if isinstance(r, Trigger)], result
+
+
+def run_all(
+    journeys: JourneySet, lines: Sequence[bytes], close_open: bool = False
+) -> tuple[list[TopicRecord], ReplayResult]:
+    records: list[TopicRecord] = []
+    result = replay_lines(lines, journeys, on_trigger=records.append, close_open=close_open)
+    return records, result
 
 
 def tick(ts: int) -> bytes:
@@ -381,3 +389,62 @@ def test_rebuilt_index_fires_the_same_deadlines(cart_journeys: JourneySet) -> No
     ids_restored = {o.trigger_id for o in restored.advance_to(at(100)) if isinstance(o, Trigger)}
     assert len(ids_original) == 5
     assert ids_original == ids_restored
+
+
+# Resolution ------------------------------------------------------------------------------------
+
+
+def resolutions(records: list[TopicRecord]) -> list[Resolution]:
+    return [r for r in records if isinstance(r, Resolution)]
+
+
+def test_coming_back_to_the_missed_step_resolves_the_drop_off(cart_journeys: JourneySet) -> None:
+    lines = [click("a", at(0), "cart"), tick(at(40)), click("b", at(50), "checkout"), tick(at(60))]
+    records, result = run_all(cart_journeys, lines)
+    (dropoff,) = [r for r in records if isinstance(r, Trigger)]
+    (resolution,) = resolutions(records)
+    assert resolution.trigger_id == dropoff.trigger_id
+    assert (resolution.missed_step, resolution.reached_step) == ("checkout", "checkout")
+    assert resolution.resolved_by == "b"
+    assert resolution.recovered_after_s == 20 * 60
+    assert resolution.cause == "indifferent"
+    assert records.index(dropoff) < records.index(resolution)
+    assert result.report.resolved["cart_to_purchase", "checkout"] == 1
+
+
+def test_converting_later_also_resolves(cart_journeys: JourneySet) -> None:
+    lines = [click("a", at(0), "cart"), tick(at(40)), purchase("p", at(90)), tick(at(100))]
+    (resolution,) = resolutions(run_all(cart_journeys, lines)[0])
+    assert resolution.reached_step == "purchase"
+
+
+def test_a_return_resolves_once_and_only_within_the_window(cart_journeys: JourneySet) -> None:
+    from dataclasses import replace
+
+    window = replace(cart_journeys, recovery_window_ms=60 * 60_000)  # 1 h after the deadline
+    in_time = [
+        click("a", at(0), "cart"),
+        click("b", at(89), "checkout"),
+        click("c", at(89.5), "checkout"),
+    ]
+    assert len(resolutions(run_all(window, [*in_time, tick(at(200))])[0])) == 1
+    too_late = [click("a", at(0), "cart"), click("b", at(91), "checkout"), tick(at(200))]
+    assert resolutions(run_all(window, too_late)[0]) == []
+
+
+def test_an_unrelated_step_does_not_resolve(cart_journeys: JourneySet) -> None:
+    # The missed step was checkout; another cart starts a new instance but resolves nothing.
+    lines = [click("a", at(0), "cart"), tick(at(40)), click("b", at(50), "cart"), tick(at(51))]
+    records, result = run_all(cart_journeys, lines)
+    assert resolutions(records) == []
+    assert result.report.started["cart_to_purchase"] == 2
+
+
+def test_resolution_ids_are_derived_from_the_trigger(cart_journeys: JourneySet) -> None:
+    from linkwatch.triggers import derive_id
+
+    lines = [click("a", at(0), "cart"), click("b", at(31), "checkout"), tick(at(40))]
+    (first,) = resolutions(run_all(cart_journeys, lines)[0])
+    (again,) = resolutions(run_all(cart_journeys, lines)[0])
+    assert first.resolution_id == again.resolution_id
+    assert first.resolution_id == derive_id("resolution", first.trigger_id)

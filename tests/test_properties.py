@@ -12,7 +12,7 @@ from linkwatch.codec import decode_event
 from linkwatch.events import ClickEvent, format_ts
 from linkwatch.journeys import load_journeys, parse_journeys
 from linkwatch.replay import replay_lines
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.builders import MIN, T0, record
 from tests.conftest import CART_JOURNEY
 
@@ -61,11 +61,21 @@ def traffic(draw: st.DrawFn) -> list[dict[str, Any]]:
     return events
 
 
-def run(events: list[dict[str, Any]], journeys: str, close_open: bool = True) -> list[Trigger]:
-    triggers: list[Trigger] = []
+def run_all(
+    events: list[dict[str, Any]], journeys: str, close_open: bool = True
+) -> list[TopicRecord]:
+    records: list[TopicRecord] = []
     lines = [orjson.dumps(e) for e in events]
-    replay_lines(lines, JOURNEY_SETS[journeys], on_trigger=triggers.append, close_open=close_open)
-    return triggers
+    replay_lines(lines, JOURNEY_SETS[journeys], on_trigger=records.append, close_open=close_open)
+    return records
+
+
+def run(events: list[dict[str, Any]], journeys: str, close_open: bool = True) -> list[Trigger]:
+    return [r for r in run_all(events, journeys, close_open) if isinstance(r, Trigger)]
+
+
+def output_id(record: TopicRecord) -> str:
+    return record.resolution_id if isinstance(record, Resolution) else record.trigger_id
 
 
 def arrival_order(events: list[dict[str, Any]], jitters: list[int]) -> list[dict[str, Any]]:
@@ -81,7 +91,7 @@ journey_names = st.sampled_from(sorted(JOURNEY_SETS))
 @settings(max_examples=150, deadline=None)
 @given(traffic(), journey_names, st.booleans())
 def test_same_input_same_outputs(events: list[dict[str, Any]], js: str, close: bool) -> None:
-    assert run(events, js, close) == run(events, js, close)
+    assert run_all(events, js, close) == run_all(events, js, close)
 
 
 @settings(max_examples=200, deadline=None)
@@ -92,8 +102,8 @@ def test_interleaving_and_disorder_within_lateness_do_not_change_trigger_ids(
     jitter = st.lists(st.integers(0, LATENESS // 2), min_size=len(events), max_size=len(events))
     reordered = arrival_order(events, data.draw(jitter))
     for close_open in (False, True):
-        expected = {t.trigger_id for t in run(events, js, close_open)}
-        assert {t.trigger_id for t in run(reordered, js, close_open)} == expected
+        expected = {output_id(r) for r in run_all(events, js, close_open)}
+        assert {output_id(r) for r in run_all(reordered, js, close_open)} == expected
 
 
 @settings(max_examples=150, deadline=None)
@@ -145,6 +155,29 @@ def test_every_drop_off_names_a_step_the_user_really_reached(
         assert witnesses, f"{trigger.user_id} never reached {reached.name}"
         assert trigger.last_step_at is not None
         assert trigger.deadline is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(traffic(), journey_names)
+def test_every_resolution_follows_its_drop_off_and_reaches_the_missed_step(
+    events: list[dict[str, Any]], js: str
+) -> None:
+    records = run_all(events, js, close_open=True)
+    emitted: dict[str, Trigger] = {}
+    resolved: set[str] = set()
+    for output in records:
+        if isinstance(output, Trigger):
+            emitted[output.trigger_id] = output
+            continue
+        dropoff = emitted[output.trigger_id]  # emitted before it
+        assert dropoff.type == "dropoff"
+        assert (dropoff.user_id, dropoff.journey) == (output.user_id, output.journey)
+        assert output.missed_step == dropoff.missed_step
+        steps = [s.name for s in JOURNEY_SETS[js].by_name(output.journey).steps]
+        assert steps.index(output.reached_step) >= steps.index(output.missed_step)
+        assert output.recovered_after_s >= 0
+        assert output.trigger_id not in resolved  # at most once
+        resolved.add(output.trigger_id)
 
 
 def test_properties_see_drop_offs_at_all() -> None:

@@ -16,7 +16,7 @@ from linkwatch.errors import RecordRejected
 from linkwatch.journeys import JourneySet
 from linkwatch.replay import replay_lines
 from linkwatch.schemas import SCHEMA_MODELS, check_schemas, generate_schemas, load_schema
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, TopicRecord
 from tests.builders import at, raw
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -86,24 +86,26 @@ def test_schema_and_codec_agree_on_bad_purchases(fields: dict[str, Any]) -> None
 
 
 def test_real_triggers_and_dead_letters_match_their_schemas(default_journeys: JourneySet) -> None:
-    triggers: list[Trigger] = []
+    triggers: list[TopicRecord] = []
     dead: list[DeadLetter] = []
     lines = [
         raw(event_id="a", ts=at(0), page="cart", campaign_id="c1"),
         raw(event_id="b", ts=at(1), page="product", landing_status=503),
+        raw(event_id="late-checkout", ts=at(45), page="checkout"),  # comes back: a resolution
         b'{"kind": "purchase", "amount": -1}',
         b"\xff\xfe",
         raw(event_id="z", user_id="u9", ts=at(600)),
     ]
     replay_lines(lines, default_journeys, on_trigger=triggers.append, on_dead_letter=dead.append)
-    assert {t.type for t in triggers} == {"dropoff", "dead_end"}
+    assert {t.type for t in triggers} == {"dropoff", "dead_end", "resolution"}
     assert len(dead) == 2
-    for trigger in triggers:
-        validator("trigger").validate(trigger.model_dump(mode="json"))
+    for record in triggers:
+        stem = "resolution" if isinstance(record, Resolution) else "trigger"
+        validator(stem).validate(record.model_dump(mode="json"))
     for letter in dead:
         validator("dead_letter").validate(letter.model_dump(mode="json"))
     assert dead[1].original_bytes() == b"\xff\xfe"
-    assert dead[1].source == FileSource(path="-", line=4)
+    assert dead[1].source == FileSource(path="-", line=5)
 
 
 def test_dead_letters_can_say_where_in_kafka_they_came_from() -> None:

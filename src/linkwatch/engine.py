@@ -18,14 +18,16 @@ from typing import Final, Literal, NamedTuple
 from linkwatch.events import Event, format_ts, is_dead_end
 from linkwatch.journeys import Journey, JourneySet
 from linkwatch.state import (
+    EMPTY_AWAITING,
     EMPTY_INSTANCES,
+    Awaiting,
     Context,
     Instance,
     UserState,
     event_id_hash,
     event_order,
 )
-from linkwatch.triggers import REMEDIES, Cause, Trigger, TriggerContext, derive_id
+from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, TriggerContext, derive_id
 
 # Idle users (no open instance, nothing buffered) keep their de-dup memory this long in event
 # time after their newest event, then their state is dropped so finished journeys cost nothing.
@@ -43,7 +45,7 @@ class Transition(NamedTuple):
     cause: Cause | None = None
 
 
-Output = Trigger | Transition
+Output = Trigger | Resolution | Transition
 
 
 class Verdict(StrEnum):
@@ -68,7 +70,7 @@ class Advanced(NamedTuple):
 
 
 def new_state() -> UserState:
-    return UserState(EMPTY_INSTANCES, (), (), 0)
+    return UserState(EMPTY_INSTANCES, (), (), 0, EMPTY_AWAITING)
 
 
 _NO_OUTPUTS: Final[list[Output]] = []
@@ -108,15 +110,15 @@ class JourneyEngine:
         last_seen = ts if ts > state.last_seen else state.last_seen
         if watermark is not None and ts <= watermark:
             # Its moment has passed: deadlines up to the watermark have already been decided.
-            late = UserState(state.instances, state.pending, recent, last_seen)
+            late = state._replace(recent=recent, last_seen=last_seen)
             return Accepted(late, outputs, Verdict.LATE, self.next_wakeup(late) if is_new else None)
         pending = _insert(state.pending, event)
-        new = UserState(state.instances, pending, recent, last_seen)
+        new = UserState(state.instances, pending, recent, last_seen, state.awaiting)
         wake = ts if pending[0] is event else None
         if len(pending) > self.journeys.max_pending:
             # Bound the buffer: a flood from one user is applied early, oldest first.
-            instances, applied = self._apply(state.instances, pending[0])
-            new = UserState(instances, pending[1:], recent, last_seen)
+            instances, awaiting, applied = self._apply(state.instances, state.awaiting, pending[0])
+            new = UserState(instances, pending[1:], recent, last_seen, awaiting)
             outputs.extend(applied)
             wake = self.next_wakeup(new)
         return Accepted(new, outputs, Verdict.ACCEPTED, wake)
@@ -129,11 +131,12 @@ class JourneyEngine:
         outputs: list[Output] = []
         pending = state.pending
         instances = state.instances
+        awaiting = state.awaiting
         if pending and pending[0].ts <= watermark:
             count = len(pending)
             applied = 0
             while applied < count and pending[applied].ts <= watermark:
-                instances, out = self._apply(instances, pending[applied])
+                instances, awaiting, out = self._apply(instances, awaiting, pending[applied])
                 if out:
                     outputs.extend(out)
                 applied += 1
@@ -149,19 +152,33 @@ class JourneyEngine:
                     wake = deadline
             if expired:
                 instances = dict(instances)
+                awaiting = dict(awaiting)
                 for name in expired:
-                    outputs.extend(self._drop_off(name, instances.pop(name), user_id))
+                    inst = instances.pop(name)
+                    outputs.extend(self._drop_off(name, inst, user_id, awaiting))
+                    awaiting_wake = awaiting[name].expires
+                    if wake is None or awaiting_wake < wake:
+                        wake = awaiting_wake
+        if awaiting:
+            gone = [name for name, a in awaiting.items() if a.expires <= watermark]
+            if gone:  # the recovery window closed: no resolution any more
+                awaiting = {n: a for n, a in awaiting.items() if n not in gone}
+            for entry in awaiting.values():
+                if wake is None or entry.expires < wake:
+                    wake = entry.expires
         if wake is None:  # idle: keep de-dup memory until the state TTL, then forget the user
             wake = state.last_seen + self.state_ttl_ms
             if wake <= watermark:
                 return Advanced(None, outputs, None)
-        if pending is state.pending and instances is state.instances:
+        if pending is state.pending and instances is state.instances and awaiting is state.awaiting:
             return Advanced(state, outputs, wake)
-        return Advanced(UserState(instances, pending, state.recent, state.last_seen), outputs, wake)
+        new = UserState(instances, pending, state.recent, state.last_seen, awaiting)
+        return Advanced(new, outputs, wake)
 
     def next_wakeup(self, state: UserState) -> int:
         """The earliest watermark at which `advance` would do something for this user."""
         times = [inst.deadline for inst in state.instances.values()]
+        times.extend(entry.expires for entry in state.awaiting.values())
         if state.pending:
             times.append(state.pending[0].ts)
         if not times:
@@ -171,16 +188,14 @@ class JourneyEngine:
     # -- applying one event in event-time order ------------------------------------------------
 
     def _apply(
-        self, instances: Mapping[str, Instance], event: Event
-    ) -> tuple[Mapping[str, Instance], list[Output]]:
+        self, instances: Mapping[str, Instance], awaiting: Mapping[str, Awaiting], event: Event
+    ) -> tuple[Mapping[str, Instance], Mapping[str, Awaiting], list[Output]]:
         if is_dead_end(event):
-            return (
-                instances,
-                _NO_OUTPUTS,
-            )  # the user never saw the page: a failed hop reaches no step
+            # The user never saw the page: a failed hop reaches no step.
+            return instances, awaiting, _NO_OUTPUTS
         journeys = self._by_kind.get(event.kind)
         if not journeys:
-            return instances, _NO_OUTPUTS
+            return instances, awaiting, _NO_OUTPUTS
         outputs: list[Output] = []
         copied: dict[str, Instance] | None = None  # copy-on-write: the input is never mutated
         for journey in journeys:
@@ -191,8 +206,15 @@ class JourneyEngine:
                 if copied is None:
                     instances = copied = dict(instances)
                 del copied[name]
-                outputs.extend(self._drop_off(name, inst, event.user_id))
+                awaiting = dict(awaiting)
+                outputs.extend(self._drop_off(name, inst, event.user_id, awaiting))
                 inst = None
+            waiting = awaiting.get(name)
+            if waiting is not None and event.ts <= waiting.expires:
+                reached = _furthest_match(journey, waiting.missed, event)
+                if reached is not None:
+                    outputs.append(self._resolution(journey, waiting, reached, event))
+                    awaiting = {n: a for n, a in awaiting.items() if n != name}
             replacement = self._step(journey, inst, event, outputs)
             if replacement is not inst:
                 if copied is None:
@@ -201,7 +223,23 @@ class JourneyEngine:
                     del copied[name]
                 else:
                     copied[name] = replacement
-        return instances, outputs
+        return instances, awaiting, outputs
+
+    @staticmethod
+    def _resolution(journey: Journey, waiting: Awaiting, reached: int, event: Event) -> Resolution:
+        missed = journey.steps[waiting.missed]
+        return Resolution(
+            resolution_id=derive_id("resolution", waiting.trigger_id),
+            trigger_id=waiting.trigger_id,
+            journey=journey.name,
+            user_id=event.user_id,
+            missed_step=missed.name,
+            reached_step=journey.steps[reached].name,
+            cause=missed.cause or Cause.DISTRACTED,
+            event_time=format_ts(event.ts),
+            resolved_by=event.event_id,
+            recovered_after_s=(event.ts - waiting.deadline) / 1000,
+        )
 
     def _step(
         self, journey: Journey, inst: Instance | None, event: Event, outputs: list[Output]
@@ -252,7 +290,10 @@ class JourneyEngine:
                 )
         return None
 
-    def _drop_off(self, journey_name: str, inst: Instance, user_id: str) -> list[Output]:
+    def _drop_off(
+        self, journey_name: str, inst: Instance, user_id: str, awaiting: dict[str, Awaiting]
+    ) -> list[Output]:
+        """The drop-off trigger; `awaiting` (the caller's copy) learns to watch for a return."""
         journey = self._journey_by_name[journey_name]
         missed = journey.steps[inst.step + 1]
         cause = missed.cause or Cause.DISTRACTED
@@ -271,7 +312,21 @@ class JourneyEngine:
             started_by=inst.started_by,
             context=TriggerContext(**inst.context._asdict()),
         )
+        awaiting[journey.name] = Awaiting(
+            trigger.trigger_id,
+            inst.step + 1,
+            inst.deadline,
+            inst.deadline + self.journeys.recovery_window_ms,
+        )
         return [Transition(journey.name, "dropped_off", missed.name, cause), trigger]
+
+
+def _furthest_match(journey: Journey, first: int, event: Event) -> int | None:
+    """Index of the furthest step at or after `first` that the event matches."""
+    for index in range(len(journey.steps) - 1, first - 1, -1):
+        if journey.steps[index].matcher.matches(event):
+            return index
+    return None
 
 
 def _insert(pending: tuple[Event, ...], event: Event) -> tuple[Event, ...]:

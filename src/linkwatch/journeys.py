@@ -64,10 +64,11 @@ class SettingsSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allowed_lateness: Duration = "10s"
+    recovery_window: Duration = "7d"
     dedup_window: int = Field(default=32, ge=1, le=1024)
     max_pending: int = Field(default=512, ge=1, le=100_000)
 
-    @field_validator("allowed_lateness")
+    @field_validator("allowed_lateness", "recovery_window")
     @classmethod
     def _lateness(cls, value: str) -> str:
         parse_duration(value)
@@ -187,6 +188,7 @@ class JourneySet:
     allowed_lateness_ms: int
     dedup_window: int
     max_pending: int
+    recovery_window_ms: int = 7 * 86_400_000
 
     def by_name(self, name: str) -> Journey:
         for journey in self.journeys:
@@ -280,6 +282,7 @@ def compile_journeys(spec: JourneysFileSpec, source: str = "<journeys>") -> Jour
     return JourneySet(
         journeys=tuple(journeys),
         allowed_lateness_ms=parse_duration(spec.settings.allowed_lateness),
+        recovery_window_ms=parse_duration(spec.settings.recovery_window),
         dedup_window=spec.settings.dedup_window,
         max_pending=spec.settings.max_pending,
     )

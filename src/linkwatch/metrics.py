@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
 from linkwatch.events import CHANNELS
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, Trigger
 
 KNOWN_CHANNELS: Final = frozenset(CHANNELS)
 
@@ -75,6 +75,12 @@ class Metrics:
         self.triggers = Counter(
             "linkwatch_triggers_total", "Triggers published, by type", ["type"], registry=registry
         )
+        self.resolutions = Counter(
+            "linkwatch_resolutions_total",
+            "Drop-offs whose user came back to the missed step within the recovery window",
+            ["journey", "step", "cause"],
+            registry=registry,
+        )
         self.active = Gauge(
             "linkwatch_active_instances",
             "Open journey instances on this worker",
@@ -112,6 +118,8 @@ class Metrics:
         for out in outputs:
             if isinstance(out, Trigger):
                 self.triggers.labels(out.type).inc()
+            elif isinstance(out, Resolution):
+                self.resolutions.labels(out.journey, out.missed_step, out.cause.value).inc()
             else:
                 self._count_transition(out)
 

@@ -191,7 +191,7 @@ class PartitionProcessor:
         return outputs
 
     def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
-        if state.instances or state.pending:
+        if state.instances or state.pending or state.awaiting:
             heapq.heappush(self._wakeups, (wake, user_id))
         else:
             self._expiries.append((wake, user_id))
@@ -203,7 +203,7 @@ class PartitionProcessor:
         while expiries and expiries[0][0] <= watermark:
             _, user_id = expiries.popleft()
             state = store.get(user_id)
-            if state is None or state.instances or state.pending:
+            if state is None or state.instances or state.pending or state.awaiting:
                 continue  # gone already, or busy again (then the heap tracks it)
             expiry = state.last_seen + ttl
             if expiry <= watermark:

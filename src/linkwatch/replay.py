@@ -21,9 +21,9 @@ from linkwatch.errors import RecordRejected
 from linkwatch.journeys import JourneySet
 from linkwatch.partition import PartitionProcessor
 from linkwatch.report import Report
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, TopicRecord, Trigger
 
-TriggerSink = Callable[[Trigger], None]
+TriggerSink = Callable[[TopicRecord], None]  # triggers and resolutions, as on the topic
 DeadLetterSink = Callable[[DeadLetter], None]
 
 
@@ -59,7 +59,7 @@ def replay_lines(
         count_outputs(outputs)
         if on_trigger is not None:
             for out in outputs:
-                if isinstance(out, Trigger):
+                if isinstance(out, Trigger | Resolution):
                     on_trigger(out)
 
     read = 0
@@ -107,7 +107,7 @@ class JsonLinesWriter:
         else:
             self._out = stack.enter_context(open(path, "wb"))  # noqa: SIM115
 
-    def write(self, model: Trigger | DeadLetter) -> None:
+    def write(self, model: TopicRecord | DeadLetter) -> None:
         self._out.write(orjson.dumps(model.model_dump(mode="json")) + b"\n")
 
 

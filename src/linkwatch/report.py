@@ -10,7 +10,7 @@ from typing import Any
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
 from linkwatch.journeys import JourneySet
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, Trigger
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Report:
     exited: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, last step)
     open: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, last step)
     triggers: Counter[str] = field(default_factory=Counter)  # type
+    resolved: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, missed)
 
     def count_verdict(self, verdict: Verdict) -> None:
         self.valid += 1
@@ -42,8 +43,10 @@ class Report:
         for out in outputs:
             if isinstance(out, Trigger):
                 self.triggers[out.type] += 1
-                continue
-            self._count_transition(out)
+            elif isinstance(out, Resolution):
+                self.resolved[out.journey, out.missed_step] += 1
+            else:
+                self._count_transition(out)
 
     def _count_transition(self, t: Transition) -> None:
         if t.outcome == "started":
@@ -69,6 +72,7 @@ class Report:
                 "late": self.late,
             },
             "triggers": dict(sorted(self.triggers.items())),
+            "resolutions": sum(self.resolved.values()),
             "journeys": {
                 j.name: {
                     "started": self.started[j.name],
@@ -81,6 +85,7 @@ class Report:
                             if s.cause
                             else 0,
                             "cause": s.cause.value if s.cause else None,
+                            "resolved": self.resolved[j.name, s.name],
                             "exited_after": self.exited[j.name, s.name],
                             "open_after": self.open[j.name, s.name],
                         }
@@ -102,7 +107,7 @@ class Report:
             reasons = ", ".join(f"{r} {n:,}" for r, n in ev["rejected_by_reason"].items())
             lines.append(f"rejected by reason: {reasons}")
         trig = ", ".join(f"{t} {n:,}" for t, n in data["triggers"].items()) or "none"
-        lines.append(f"triggers: {trig}")
+        lines.append(f"triggers: {trig}; resolutions (users who came back) {data['resolutions']:,}")
         for name, jdata in data["journeys"].items():
             started = jdata["started"]
             rate = f"{jdata['converted'] / started:.1%}" if started else "-"
@@ -112,11 +117,12 @@ class Report:
             )
             lines.append(
                 f"  {'step':<18}{'reached':>9}{'dropped off':>13}  {'cause':<15}"
-                f"{'exited':>8}{'open':>8}"
+                f"{'resolved':>9}{'exited':>8}{'open':>8}"
             )
             for s in jdata["steps"]:
                 lines.append(
                     f"  {s['step']:<18}{s['reached']:>9,}{s['dropped_off']:>13,}  "
-                    f"{s['cause'] or '-':<15}{s['exited_after']:>8,}{s['open_after']:>8,}"
+                    f"{s['cause'] or '-':<15}{s['resolved']:>9,}{s['exited_after']:>8,}"
+                    f"{s['open_after']:>8,}"
                 )
         return "\n".join(lines)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from linkwatch.deadletters import DeadLetter
 from linkwatch.events import ClickEvent, GroupChatEvent, PurchaseEvent, ShareEvent
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, Trigger
 
 # file stem → (model, mode): inputs are described as accepted, outputs as produced.
 SCHEMA_MODELS: Final[dict[str, tuple[type[BaseModel], str]]] = {
@@ -23,6 +23,7 @@ SCHEMA_MODELS: Final[dict[str, tuple[type[BaseModel], str]]] = {
     "purchase": (PurchaseEvent, "validation"),
     "group_chat": (GroupChatEvent, "validation"),
     "trigger": (Trigger, "serialization"),
+    "resolution": (Resolution, "serialization"),
     "dead_letter": (DeadLetter, "serialization"),
 }
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"

@@ -41,7 +41,7 @@ from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
 from linkwatch.settings import Settings
 from linkwatch.store import PartitionStore, load_partitions
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, Trigger
 
 log = logging.getLogger("linkwatch.service")
 
@@ -227,8 +227,8 @@ class LiveJourneys:
     async def _publish(self, outputs: list[Output], now: int) -> None:
         pending = []
         for out in outputs:
-            if isinstance(out, Trigger):
-                if out.type == "dropoff" and out.deadline is not None:
+            if isinstance(out, Trigger | Resolution):
+                if isinstance(out, Trigger) and out.type == "dropoff" and out.deadline:
                     self._observe_delay(out, now)
                 pending.append(
                     await self.triggers_topic.send(

@@ -16,7 +16,7 @@ import orjson
 from linkwatch.codec import validate_event
 from linkwatch.events import Event
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
 
 
 class Context(NamedTuple):
@@ -57,14 +57,25 @@ class Instance(NamedTuple):
     context: Context
 
 
+class Awaiting(NamedTuple):
+    """A drop-off whose user may still come back (until `expires`): then it is resolved."""
+
+    trigger_id: str
+    missed: int  # index of the missed step
+    deadline: int  # event time (ms) the budget ran out
+    expires: int  # event time (ms) the recovery window ends
+
+
 class UserState(NamedTuple):
     instances: Mapping[str, Instance]  # journey name → active instance; never mutated in place
     pending: tuple[Event, ...]  # accepted but not yet applied, sorted by (ts, event_id)
     recent: tuple[int, ...]  # 64-bit hashes of the most recent event_ids (de-duplication)
     last_seen: int  # newest event time seen for this user (ms)
+    awaiting: Mapping[str, Awaiting] = MappingProxyType({})  # journey → last drop-off
 
 
 EMPTY_INSTANCES: Final[Mapping[str, Instance]] = MappingProxyType({})
+EMPTY_AWAITING: Final[Mapping[str, Awaiting]] = MappingProxyType({})
 
 
 def event_id_hash(event_id: str) -> int:
@@ -78,7 +89,7 @@ def event_order(event: Event) -> tuple[int, str]:
 
 
 def dump_state(state: UserState, partition: int = -1) -> bytes:
-    """Compact wire form: [version, partition, instances, pending, recent, last_seen].
+    """Compact wire form: [version, partition, instances, pending, recent, last_seen, awaiting].
 
     The partition is stored so that, after a rebalance, recovered states can be grouped by
     partition without assuming how producers partitioned their keys."""
@@ -96,6 +107,7 @@ def dump_state(state: UserState, partition: int = -1) -> bytes:
             ],
             list(state.recent),
             state.last_seen,
+            {name: list(a) for name, a in state.awaiting.items()},
         ]
     )
 
@@ -105,7 +117,7 @@ def load_state(raw: bytes) -> tuple[int, UserState]:
     data: list[Any] = orjson.loads(raw)
     if not isinstance(data, list) or not data or data[0] != WIRE_VERSION:
         raise ValueError(f"unsupported state wire format: {raw[:40]!r}")
-    _, partition, instances, pending, recent, last_seen = data
+    _, partition, instances, pending, recent, last_seen, awaiting = data
     return partition, UserState(
         instances={
             name: Instance(step, started_by, reached_at, deadline, Context(*context))
@@ -114,4 +126,5 @@ def load_state(raw: bytes) -> tuple[int, UserState]:
         pending=tuple(validate_event(item) for item in pending),
         recent=tuple(recent),
         last_seen=last_seen,
+        awaiting={name: Awaiting(*entry) for name, entry in awaiting.items()},
     )

@@ -85,6 +85,31 @@ class Trigger(BaseModel):
     context: TriggerContext
 
 
+class Resolution(BaseModel):
+    """A user who dropped off came back and reached the missed step (or went further) within
+    the recovery window: senders can cancel what they queued for `trigger_id`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resolution_id: str = Field(description="Deterministic: derived from the trigger it resolves")
+    type: Literal["resolution"] = "resolution"
+    trigger_id: str = Field(description="The drop-off trigger this resolves")
+    journey: str
+    user_id: str
+    missed_step: str
+    reached_step: str = Field(description="The step the user reached on coming back")
+    cause: Cause = Field(description="The drop-off's cause (for recovery rates by cause)")
+    event_time: str = Field(
+        description="Event time the user came back (RFC 3339, UTC)", json_schema_extra=_DATE_TIME
+    )
+    resolved_by: str = Field(description="event_id of the event that resolved it")
+    recovered_after_s: float = Field(description="Seconds from the drop-off's deadline")
+
+
+# What the triggers topic carries: triggers, and resolutions of earlier drop-offs.
+TopicRecord = Trigger | Resolution
+
+
 def derive_id(*parts: str) -> str:
     """A 128-bit hex id from its inputs. Parts are length-prefixed so no two tuples collide."""
     digest = hashlib.blake2b(digest_size=16)

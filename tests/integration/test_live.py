@@ -19,10 +19,11 @@ from linkwatch.replay import replay_lines
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
 from linkwatch.topics import ensure_topics
-from linkwatch.triggers import Trigger
+from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.integration.workers import (
     WorkerProcess,
     read_topic,
+    resolution_ids,
     run,
     sum_metric,
     trigger_ids,
@@ -33,8 +34,9 @@ START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes ev
 FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
 
 
-def oracle(lines: list[bytes]) -> tuple[list[Trigger], list[DeadLetter]]:
-    triggers: list[Trigger] = []
+def oracle(lines: list[bytes]) -> tuple[list[TopicRecord], list[DeadLetter]]:
+    """What replay gives: triggers and resolutions (as on the topic), and dead letters."""
+    triggers: list[TopicRecord] = []
     dead: list[DeadLetter] = []
     replay_lines(
         lines,
@@ -80,7 +82,8 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
         assert run(produce(settings, lines)) == len(lines)
         run(send_raw(settings, settings.topic_purchase, click["user_id"].encode(), wrong_topic))
         run(send_raw(settings, settings.topic_click, b"someone-else", wrong_key))
-        expected_ids = {t.trigger_id for t in expected}
+        expected_ids = {t.trigger_id for t in expected if isinstance(t, Trigger)}
+        expected_resolutions = {r.resolution_id for r in expected if isinstance(r, Resolution)}
 
         def all_fired() -> bool:
             return sum_metric(worker.metrics(), "linkwatch_triggers_total") >= len(expected_ids)
@@ -95,6 +98,8 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     ids = trigger_ids(live)
     assert set(ids) == expected_ids
     assert len(ids) == len(set(ids))  # nothing sent twice in a clean run
+    assert set(resolution_ids(live)) == expected_resolutions
+    assert len(expected_resolutions) > 0
     # Dead letters: one for one with the bad records, plus the two live-only rejections.
     expected_raw = Counter(d.original_bytes() for d in dead) + Counter([wrong_topic, wrong_key])
     assert Counter(base64.b64decode(d["raw"]) for d in letters) == expected_raw
@@ -107,10 +112,14 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     assert sum_metric(metrics, "linkwatch_events_total") == report_valid
     for reason, count in Counter(d.reason.value for d in dead).items():
         assert sum_metric(metrics, "linkwatch_records_rejected_total", reason=reason) == count
-    by_type = Counter(t.type for t in expected)
+    by_type = Counter(t.type for t in expected if isinstance(t, Trigger))
     for kind, count in by_type.items():
         assert sum_metric(metrics, "linkwatch_triggers_total", type=kind) == count
-    dropped = Counter((t.journey, t.missed_step, t.cause) for t in expected if t.type == "dropoff")
+    dropped = Counter(
+        (t.journey, t.missed_step, t.cause)
+        for t in expected
+        if isinstance(t, Trigger) and t.type == "dropoff"
+    )
     for (journey, step, cause), count in dropped.items():
         assert (
             sum_metric(
@@ -122,6 +131,7 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
             )
             == count
         )
+    assert sum_metric(metrics, "linkwatch_resolutions_total") == len(expected_resolutions)
     assert sum_metric(metrics, "linkwatch_events_late_total") == 0
     assert sum_metric(metrics, "linkwatch_active_instances") == 0  # everything closed
     assert sum_metric(metrics, "faust_messages_received_total") > 0  # Faust's own sensor too
@@ -167,7 +177,7 @@ def test_a_killed_worker_is_replaced_without_losing_a_trigger(
 ) -> None:
     settings = kafka_settings.model_copy(update=FAST)
     lines = list(generate(users=3000, seed=5, start_ms=START, bad_ratio=0.0))
-    expected_ids = {t.trigger_id for t in oracle(lines)[0]}
+    expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
     half = len(lines) // 2
     run(prepare(settings))
     first = WorkerProcess(settings, tmp_path, name="first").start()
@@ -204,7 +214,7 @@ def test_the_rocksdb_store_gives_the_same_triggers(
     because Tansu under-reports a topic's end offset (README, known limitations)."""
     settings = kafka_settings.model_copy(update=FAST | {"store": "rocksdb://"})
     lines = list(generate(users=800, seed=23, start_ms=START, bad_ratio=0.01))
-    expected_ids = {t.trigger_id for t in oracle(lines)[0]}
+    expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
     run(prepare(settings))
     with WorkerProcess(settings, tmp_path) as worker:
         run(produce(settings, lines))

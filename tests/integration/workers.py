@@ -131,7 +131,14 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
 
 
 def trigger_ids(records: list[Any]) -> list[str]:
-    return [orjson.loads(value)["trigger_id"] for _, value in records]
+    """Ids of the triggers on a triggers topic (not of the resolutions beside them)."""
+    decoded = [orjson.loads(value) for _, value in records]
+    return [r["trigger_id"] for r in decoded if r["type"] != "resolution"]
+
+
+def resolution_ids(records: list[Any]) -> list[str]:
+    decoded = [orjson.loads(value) for _, value in records]
+    return [r["resolution_id"] for r in decoded if r["type"] == "resolution"]
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 1.0) -> bool:
