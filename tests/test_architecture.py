@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "linkwatch"
-CORE = ["events", "codec", "errors", "journeys", "state", "engine", "partition", "triggers"]
+CORE = [
+    "events",
+    "codec",
+    "errors",
+    "journeys",
+    "state",
+    "engine",
+    "partition",
+    "triggers",
+    "commerce",
+]
 FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
 FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}
 

@@ -39,6 +39,7 @@ from linkwatch.metrics import Metrics
 from linkwatch.replay import replay_lines
 from linkwatch.simulate import generate
 from linkwatch.triggers import DROPOFF_CAUSES, Cause, Trigger, TriggerContext
+from tests.builders import raw
 
 T0 = 1_732_233_600_000  # 2024-11-22T00:00:00Z
 MINUTE = 60_000
@@ -112,11 +113,11 @@ def test_demo_traffic_keeps_new_populations_coming_in_event_time_order(
     records = list(itertools.takewhile(lambda item: item[0] < T0 + 4 * WINDOW_MS, traffic))
     newest = T0
     users: dict[str, set[str]] = {}
-    for ts, raw in records:
+    for ts, record in records:
         assert ts >= newest - DISORDER_MS
         newest = max(newest, ts)
         try:
-            event = decode_event(raw)
+            event = decode_event(record)
         except RecordRejected:
             continue
         assert event.ts == ts
@@ -134,10 +135,10 @@ def test_demo_traffic_keeps_new_populations_coming_in_event_time_order(
 def metrics_text() -> str:
     """What a worker's /metrics says after some traffic, made by the worker's own Metrics."""
     metrics = Metrics(CollectorRegistry())
-    for _ in range(40):
-        metrics.count_event("click", "web", Verdict.ACCEPTED)
-    metrics.count_event("purchase", "app", Verdict.LATE)
-    metrics.count_event("share", "moments", Verdict.DUPLICATE)
+    for n in range(40):
+        metrics.count_event(decode_event(raw("click", event_id=f"c{n}")), Verdict.ACCEPTED)
+    metrics.count_event(decode_event(raw("purchase", channel="app")), Verdict.LATE)
+    metrics.count_event(decode_event(raw("share", channel="moments")), Verdict.DUPLICATE)
     metrics.count_rejected(RejectReason.INVALID_JSON)
     metrics.count_rejected(RejectReason.INVALID_JSON)
     metrics.count_rejected(RejectReason.MISSING_FIELD)

@@ -8,9 +8,10 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from linkwatch.commerce import CampaignLabels, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
-from linkwatch.events import CHANNELS
+from linkwatch.events import CHANNELS, ClickEvent, Event, PurchaseEvent, ShareEvent
 from linkwatch.triggers import Resolution, Trigger
 
 KNOWN_CHANNELS: Final = frozenset(CHANNELS)
@@ -34,6 +35,27 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Sound / traffic / sales: one event, one count, labelled the same way across the three.
+        commerce_labels = ["channel", "space", "campaign"]
+        self.sound = Counter(
+            "linkwatch_sound_shares_total", "Shares (sound)", commerce_labels, registry=registry
+        )
+        self.traffic = Counter(
+            "linkwatch_traffic_clicks_total", "Clicks (traffic)", commerce_labels, registry=registry
+        )
+        self.sales = Counter(
+            "linkwatch_sales_purchases_total",
+            "Purchases (sales)",
+            commerce_labels,
+            registry=registry,
+        )
+        self.revenue = Counter(
+            "linkwatch_sales_revenue_total",
+            "Purchase amounts (sales), per currency",
+            [*commerce_labels, "currency"],
+            registry=registry,
+        )
+        self._campaigns = CampaignLabels()
         self.duplicates = Counter(
             "linkwatch_events_duplicate_total", "Events ignored as duplicates", registry=registry
         )
@@ -104,12 +126,22 @@ class Metrics:
         )
         self._active_counts: dict[str, int] = {}
 
-    def count_event(self, kind: str, channel: str, verdict: Verdict) -> None:
-        self.events.labels(kind, channel if channel in KNOWN_CHANNELS else "other").inc()
+    def count_event(self, event: Event, verdict: Verdict) -> None:
+        channel = event.channel if event.channel in KNOWN_CHANNELS else "other"
+        self.events.labels(event.kind, channel).inc()
         if verdict is Verdict.DUPLICATE:
             self.duplicates.inc()
-        elif verdict is Verdict.LATE:
-            self.late.inc()
+            return  # the same event again: not more traffic or sales
+        if verdict is Verdict.LATE:
+            self.late.inc()  # too late for journeys, but real traffic all the same
+        labels = (channel, space_of(event.channel), self._campaigns.label(event.campaign_id))
+        if isinstance(event, ShareEvent):
+            self.sound.labels(*labels).inc()
+        elif isinstance(event, ClickEvent):
+            self.traffic.labels(*labels).inc()
+        elif isinstance(event, PurchaseEvent):
+            self.sales.labels(*labels).inc()
+            self.revenue.labels(*labels, event.currency).inc(float(event.amount))
 
     def count_rejected(self, reason: RejectReason) -> None:
         self.rejected.labels(reason.value).inc()

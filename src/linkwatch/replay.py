@@ -69,14 +69,15 @@ def replay_lines(
             continue  # a blank line carries no record (trailing newline, separator)
         read += 1
         try:
-            result = process(decode_event(raw))
+            event = decode_event(raw)
+            result = process(event)
         except RecordRejected as rejection:
             report.rejected[rejection.reason] += 1
             if on_dead_letter is not None:
                 source = FileSource(path=source_name, line=line_no)
                 on_dead_letter(DeadLetter.from_rejection(raw, rejection, source))
             continue
-        report.count_verdict(result.verdict)
+        report.count_event(event, result.verdict)
         if result.outputs:
             emit(result.outputs)
     report.read = read

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
+from linkwatch.commerce import Commerce, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
+from linkwatch.events import Event
 from linkwatch.journeys import JourneySet
 from linkwatch.triggers import Resolution, Trigger
 
@@ -31,13 +34,16 @@ class Report:
     open: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, last step)
     triggers: Counter[str] = field(default_factory=Counter)  # type
     resolved: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, missed)
+    commerce: Commerce = field(default_factory=Commerce)
 
-    def count_verdict(self, verdict: Verdict) -> None:
+    def count_event(self, event: Event, verdict: Verdict) -> None:
         self.valid += 1
         if verdict is Verdict.DUPLICATE:
             self.duplicate += 1
-        elif verdict is Verdict.LATE:
-            self.late += 1
+            return  # the same event again: not more traffic or sales
+        if verdict is Verdict.LATE:
+            self.late += 1  # too late for journeys, but real traffic all the same
+        self.commerce.count(event)
 
     def count_outputs(self, outputs: Iterable[Output]) -> None:
         for out in outputs:
@@ -70,6 +76,22 @@ class Report:
                 "rejected_by_reason": {r.value: n for r, n in sorted(self.rejected.items())},
                 "duplicate": self.duplicate,
                 "late": self.late,
+            },
+            "commerce": {
+                "channels": {
+                    channel: {
+                        "space": space_of(channel),
+                        "shares": t.shares,
+                        "clicks": t.clicks,
+                        "purchases": t.purchases,
+                        "revenue": {c: str(a) for c, a in sorted(t.revenue.items())},
+                        "conversion": t.conversion,
+                    }
+                    for channel, t in sorted(self.commerce.channels.items())
+                },
+                "private_domain_revenue_share": {
+                    c: self.commerce.private_share(c) for c in self.commerce.currencies()
+                },
             },
             "triggers": dict(sorted(self.triggers.items())),
             "resolutions": sum(self.resolved.values()),
@@ -108,6 +130,7 @@ class Report:
             lines.append(f"rejected by reason: {reasons}")
         trig = ", ".join(f"{t} {n:,}" for t, n in data["triggers"].items()) or "none"
         lines.append(f"triggers: {trig}; resolutions (users who came back) {data['resolutions']:,}")
+        lines.extend(self._render_commerce(data["commerce"]))
         for name, jdata in data["journeys"].items():
             started = jdata["started"]
             rate = f"{jdata['converted'] / started:.1%}" if started else "-"
@@ -126,3 +149,30 @@ class Report:
                     f"{s['open_after']:>8,}"
                 )
         return "\n".join(lines)
+
+    @staticmethod
+    def _render_commerce(commerce: dict[str, Any]) -> list[str]:
+        """Sound / traffic / sales per channel: shares, clicks, purchases, conversion, AOV."""
+        lines = [
+            "",
+            "sound / traffic / sales by channel",
+            f"  {'channel':<16}{'space':<9}{'shares':>8}{'clicks':>9}{'purchases':>11}"
+            f"{'conv':>8}  revenue (avg order)",
+        ]
+        for channel, t in commerce["channels"].items():
+            conversion = f"{t['conversion']:.1%}" if t["conversion"] is not None else "-"
+            revenue = ", ".join(
+                f"{currency} {Decimal(amount):,.2f} ({Decimal(amount) / t['purchases']:,.2f})"
+                for currency, amount in t["revenue"].items()
+            )
+            lines.append(
+                f"  {channel:<16}{t['space']:<9}{t['shares']:>8,}{t['clicks']:>9,}"
+                f"{t['purchases']:>11,}{conversion:>8}  {revenue or '-'}"
+            )
+        for currency, share in commerce["private_domain_revenue_share"].items():
+            if share is not None:
+                lines.append(
+                    f"  private-domain share of {currency} revenue: {share:.1%} "
+                    "(healthy band 15-25%)"
+                )
+        return lines

@@ -195,7 +195,7 @@ class LiveJourneys:
             )
             await self._dead_letter(raw or b"", failure, message)
             return []
-        self.metrics.count_event(event.kind, event.channel, result.verdict)
+        self.metrics.count_event(event, result.verdict)
         return result.outputs
 
     def _backlog_of(self, partition: int, any_tp: Any) -> Backlog:

@@ -132,6 +132,18 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
             == count
         )
     assert sum_metric(metrics, "linkwatch_resolutions_total") == len(expected_resolutions)
+    # Sound / traffic / sales agree with the replay report's.
+    commerce = replay_lines(lines, load_journeys()).report.commerce
+    channels = commerce.channels.values()
+    assert sum_metric(metrics, "linkwatch_traffic_clicks_total") == sum(c.clicks for c in channels)
+    assert sum_metric(metrics, "linkwatch_sound_shares_total") == sum(c.shares for c in channels)
+    assert sum_metric(metrics, "linkwatch_sales_purchases_total") == sum(
+        c.purchases for c in channels
+    )
+    revenue = sum(c.revenue.get("CNY", 0) for c in channels)
+    assert sum_metric(metrics, "linkwatch_sales_revenue_total", currency="CNY") == pytest.approx(
+        float(revenue)
+    )
     assert sum_metric(metrics, "linkwatch_events_late_total") == 0
     assert sum_metric(metrics, "linkwatch_active_instances") == 0  # everything closed
     assert sum_metric(metrics, "faust_messages_received_total") > 0  # Faust's own sensor too
