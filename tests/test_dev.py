@@ -63,6 +63,13 @@ def test_demo_journeys_are_the_default_ones_sixty_times_faster(demo: JourneySet)
         default,
         allowed_lateness_ms=2000,
         recovery_window_ms=default.recovery_window_ms // 60,
+        suppression=replace(
+            default.suppression,
+            frequency_window_ms=default.suppression.frequency_window_ms // 60,
+            cooldown_ms=default.suppression.cooldown_ms // 60,
+            quiet_start_min=None,  # a demo runs now, whatever the hour
+            quiet_end_min=None,
+        ),
         journeys=tuple(
             replace(
                 journey,

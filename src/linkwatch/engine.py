@@ -27,6 +27,7 @@ from linkwatch.state import (
     event_id_hash,
     event_order,
 )
+from linkwatch.suppression import EMPTY_DELIVERY, Delivery, Suppression, Withheld
 from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, TriggerContext, derive_id
 
 # Idle users (no open instance, nothing buffered) keep their de-dup memory this long in event
@@ -45,7 +46,7 @@ class Transition(NamedTuple):
     cause: Cause | None = None
 
 
-Output = Trigger | Resolution | Transition
+Output = Trigger | Resolution | Transition | Withheld
 
 
 class Verdict(StrEnum):
@@ -70,7 +71,7 @@ class Advanced(NamedTuple):
 
 
 def new_state() -> UserState:
-    return UserState(EMPTY_INSTANCES, (), (), 0, EMPTY_AWAITING)
+    return UserState(EMPTY_INSTANCES, (), (), 0, EMPTY_AWAITING, EMPTY_DELIVERY)
 
 
 _NO_OUTPUTS: Final[list[Output]] = []
@@ -84,6 +85,8 @@ class JourneyEngine:
     def __init__(self, journeys: JourneySet, state_ttl_ms: int = DEFAULT_STATE_TTL_MS) -> None:
         self.journeys = journeys
         self.state_ttl_ms = state_ttl_ms
+        self.suppression = Suppression(journeys.suppression)
+        self._suppress = journeys.suppression.active
         self._journey_by_name = {j.name: j for j in journeys.journeys}
         # Per kind, only the journeys that can react to it: the hot path skips the rest.
         self._by_kind: dict[str, tuple[Journey, ...]] = {}
@@ -105,20 +108,28 @@ class JourneyEngine:
             return Accepted(state, _NO_OUTPUTS, Verdict.DUPLICATE, None)
         window = self.journeys.dedup_window
         recent = (*recent[1:], id_hash) if len(recent) >= window else (*recent, id_hash)
-        outputs: list[Output] = [dead_end_trigger(event)] if is_dead_end(event) else []
+        outputs: list[Output] = []
+        if is_dead_end(event):
+            trigger = dead_end_trigger(event)
+            outputs.append(self.suppression.dead_end(trigger) if self._suppress else trigger)
         ts = event.ts
         last_seen = ts if ts > state.last_seen else state.last_seen
+        delivery = state.delivery
+        if event.tz is not None and event.tz != delivery.tz:
+            delivery = delivery._replace(tz=event.tz)  # quiet hours follow the user
         if watermark is not None and ts <= watermark:
             # Its moment has passed: deadlines up to the watermark have already been decided.
-            late = state._replace(recent=recent, last_seen=last_seen)
+            late = state._replace(recent=recent, last_seen=last_seen, delivery=delivery)
             return Accepted(late, outputs, Verdict.LATE, self.next_wakeup(late) if is_new else None)
         pending = _insert(state.pending, event)
-        new = UserState(state.instances, pending, recent, last_seen, state.awaiting)
+        new = UserState(state.instances, pending, recent, last_seen, state.awaiting, delivery)
         wake = ts if pending[0] is event else None
         if len(pending) > self.journeys.max_pending:
             # Bound the buffer: a flood from one user is applied early, oldest first.
             instances, awaiting, applied = self._apply(state.instances, state.awaiting, pending[0])
-            new = UserState(instances, pending[1:], recent, last_seen, awaiting)
+            if self._suppress and applied:
+                delivery, applied = self.suppression.apply(delivery, applied, pending[0].ts)
+            new = UserState(instances, pending[1:], recent, last_seen, awaiting, delivery)
             outputs.extend(applied)
             wake = self.next_wakeup(new)
         return Accepted(new, outputs, Verdict.ACCEPTED, wake)
@@ -132,12 +143,22 @@ class JourneyEngine:
         pending = state.pending
         instances = state.instances
         awaiting = state.awaiting
+        delivery = state.delivery
+        suppress = self._suppress
         if pending and pending[0].ts <= watermark:
             count = len(pending)
             applied = 0
             while applied < count and pending[applied].ts <= watermark:
-                instances, awaiting, out = self._apply(instances, awaiting, pending[applied])
+                event = pending[applied]
+                if suppress and delivery.held:
+                    # Event time decides here too: a quiet window that ended before this
+                    # event has released its triggers before the event can resolve them.
+                    delivery, released = self.suppression.release(delivery, event.ts)
+                    outputs.extend(released)
+                instances, awaiting, out = self._apply(instances, awaiting, event)
                 if out:
+                    if suppress:
+                        delivery, out = self.suppression.apply(delivery, out, event.ts)
                     outputs.extend(out)
                 applied += 1
             pending = pending[applied:]
@@ -153,12 +174,16 @@ class JourneyEngine:
             if expired:
                 instances = dict(instances)
                 awaiting = dict(awaiting)
+                dropped: list[Output] = []
+                # In event-time order (ties by name), however far the watermark jumped:
+                # suppression decides in this order.
+                expired.sort(key=lambda name: (instances[name].deadline, name))
                 for name in expired:
                     inst = instances.pop(name)
-                    outputs.extend(self._drop_off(name, inst, user_id, awaiting))
-                    awaiting_wake = awaiting[name].expires
-                    if wake is None or awaiting_wake < wake:
-                        wake = awaiting_wake
+                    dropped.extend(self._drop_off(name, inst, user_id, awaiting))
+                if suppress:
+                    delivery, dropped = self.suppression.apply(delivery, dropped, watermark)
+                outputs.extend(dropped)
         if awaiting:
             gone = [name for name, a in awaiting.items() if a.expires <= watermark]
             if gone:  # the recovery window closed: no resolution any more
@@ -166,49 +191,75 @@ class JourneyEngine:
             for entry in awaiting.values():
                 if wake is None or entry.expires < wake:
                     wake = entry.expires
-        if wake is None:  # idle: keep de-dup memory until the state TTL, then forget the user
-            wake = state.last_seen + self.state_ttl_ms
+        if suppress and delivery.held:
+            delivery, released = self.suppression.release(delivery, watermark)
+            outputs.extend(released)
+            release = self.suppression.next_release(delivery)
+            if release is not None and (wake is None or release < wake):
+                wake = release
+        if wake is None:  # idle: keep what is still needed, then forget the user
+            wake = self.forget_at(state.last_seen, delivery)
             if wake <= watermark:
                 return Advanced(None, outputs, None)
-        if pending is state.pending and instances is state.instances and awaiting is state.awaiting:
+        if (
+            pending is state.pending
+            and instances is state.instances
+            and awaiting is state.awaiting
+            and delivery is state.delivery
+        ):
             return Advanced(state, outputs, wake)
-        new = UserState(instances, pending, state.recent, state.last_seen, awaiting)
+        new = UserState(instances, pending, state.recent, state.last_seen, awaiting, delivery)
         return Advanced(new, outputs, wake)
 
     def next_wakeup(self, state: UserState) -> int:
         """The earliest watermark at which `advance` would do something for this user."""
         times = [inst.deadline for inst in state.instances.values()]
         times.extend(entry.expires for entry in state.awaiting.values())
+        times.extend(held.release_at for held in state.delivery.held)
         if state.pending:
             times.append(state.pending[0].ts)
         if not times:
-            return state.last_seen + self.state_ttl_ms
+            return self.forget_at(state.last_seen, state.delivery)
         return min(times)
+
+    def forget_at(self, last_seen: int, delivery: Delivery) -> int:
+        """When an idle user's state is no longer needed: de-dup memory lasts the state TTL,
+        suppression memory (cooldowns, the frequency cap's window) as long as its rules."""
+        forget = last_seen + self.state_ttl_ms
+        rules = self.journeys.suppression
+        if delivery.cooldowns and rules.cooldown_ms:
+            forget = max(forget, max(delivery.cooldowns.values()) + rules.cooldown_ms)
+        if delivery.sent and rules.frequency_cap:
+            forget = max(forget, max(delivery.sent) + rules.frequency_window_ms)
+        return forget
 
     # -- applying one event in event-time order ------------------------------------------------
 
     def _apply(
         self, instances: Mapping[str, Instance], awaiting: Mapping[str, Awaiting], event: Event
     ) -> tuple[Mapping[str, Instance], Mapping[str, Awaiting], list[Output]]:
+        outputs: list[Output] = []
+        if instances:
+            expired = [name for name, inst in instances.items() if inst.deadline < event.ts]
+            if expired:
+                # Event time decides: every budget that ran out before this event dropped off
+                # before it, whatever journey the event concerns, in event-time order.
+                expired.sort(key=lambda name: (instances[name].deadline, name))
+                instances = dict(instances)
+                awaiting = dict(awaiting)
+                for name in expired:
+                    outputs.extend(
+                        self._drop_off(name, instances.pop(name), event.user_id, awaiting)
+                    )
         if is_dead_end(event):
-            # The user never saw the page: a failed hop reaches no step.
-            return instances, awaiting, _NO_OUTPUTS
+            return instances, awaiting, outputs  # the user never saw the page: no step reached
         journeys = self._by_kind.get(event.kind)
         if not journeys:
-            return instances, awaiting, _NO_OUTPUTS
-        outputs: list[Output] = []
+            return instances, awaiting, outputs
         copied: dict[str, Instance] | None = None  # copy-on-write: the input is never mutated
         for journey in journeys:
             name = journey.name
             inst = instances.get(name)
-            if inst is not None and event.ts > inst.deadline:
-                # Event time decides: the budget ran out before this event happened.
-                if copied is None:
-                    instances = copied = dict(instances)
-                del copied[name]
-                awaiting = dict(awaiting)
-                outputs.extend(self._drop_off(name, inst, event.user_id, awaiting))
-                inst = None
             waiting = awaiting.get(name)
             if waiting is not None and event.ts <= waiting.expires:
                 reached = _furthest_match(journey, waiting.missed, event)

@@ -14,9 +14,12 @@ import math
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Annotated, Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -100,6 +103,18 @@ def _parse_ts(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=1024)
+def check_timezone(name: str) -> str:
+    """An IANA timezone name (e.g. Asia/Shanghai) this machine knows, or ValueError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {name!r} (use an IANA name, e.g. Asia/Shanghai)"
+        ) from None
+    return name
+
+
 def _parse_amount(value: Any) -> Any:
     """Amounts are decimals: a JSON number or a decimal string, never a float artefact."""
     if isinstance(value, bool):
@@ -121,6 +136,9 @@ def _parse_amount(value: Any) -> Any:
     return value
 
 
+Timezone = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(check_timezone)
+]
 EpochMillis = Annotated[
     int,
     BeforeValidator(_parse_ts),
@@ -161,6 +179,9 @@ class _EventBase(BaseModel):
     session_id: Id | None = None
     campaign_id: Id | None = None
     content_id: Id | None = None
+    tz: Timezone | None = Field(
+        default=None, description="The user's IANA timezone, for quiet hours (e.g. Asia/Shanghai)"
+    )
     props: dict[PropKey, PropValue] = Field(default_factory=dict, max_length=MAX_PROPS)
 
 

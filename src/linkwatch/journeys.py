@@ -20,7 +20,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from linkwatch.errors import ConfigError
-from linkwatch.events import EVENT_MODELS, KINDS, MATCHABLE_FIELDS, Event
+from linkwatch.events import EVENT_MODELS, KINDS, MATCHABLE_FIELDS, Event, check_timezone
+from linkwatch.suppression import SuppressionRules
 from linkwatch.triggers import DROPOFF_CAUSES, REMEDIES, Cause
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
@@ -75,6 +76,62 @@ class SettingsSpec(BaseModel):
         return value
 
 
+class SuppressionSpec(BaseModel):
+    """`[suppression]`: applied to triggers before they are published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frequency_cap: int = Field(default=0, ge=0, le=1000)
+    frequency_window: Duration = "24h"
+    cooldown: Duration | None = None
+    quiet_hours: Annotated[str, Field(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")] | None = None
+    default_timezone: str = "UTC"
+    holdout_percent: float = Field(default=0.0, ge=0, le=100)
+
+    @field_validator("frequency_window", "cooldown")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str | None) -> str | None:
+        if value is not None:
+            start, end = (_minutes(part) for part in value.split("-"))
+            if start == end:
+                raise ValueError("quiet_hours start and end must differ")
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+    def rules(self) -> SuppressionRules:
+        start = end = None
+        if self.quiet_hours is not None:
+            start, end = (_minutes(part) for part in self.quiet_hours.split("-"))
+        return SuppressionRules(
+            frequency_cap=self.frequency_cap,
+            frequency_window_ms=parse_duration(self.frequency_window),
+            cooldown_ms=parse_duration(self.cooldown) if self.cooldown else 0,
+            quiet_start_min=start,
+            quiet_end_min=end,
+            default_timezone=self.default_timezone,
+            holdout_percent=self.holdout_percent,
+        )
+
+
+def _minutes(clock: str) -> int:
+    hours, minutes = (int(x) for x in clock.split(":"))
+    if not (0 <= hours < 24 and 0 <= minutes < 60):
+        raise ValueError(f"invalid time of day {clock!r} (use HH:MM, 00:00-23:59)")
+    return hours * 60 + minutes
+
+
 class StepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,6 +162,7 @@ class JourneysFileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    suppression: SuppressionSpec = Field(default_factory=SuppressionSpec)
     journey: list[JourneySpec] = Field(min_length=1)
 
 
@@ -189,6 +247,7 @@ class JourneySet:
     dedup_window: int
     max_pending: int
     recovery_window_ms: int = 7 * 86_400_000
+    suppression: SuppressionRules = field(default_factory=SuppressionRules)
 
     def by_name(self, name: str) -> Journey:
         for journey in self.journeys:
@@ -283,6 +342,7 @@ def compile_journeys(spec: JourneysFileSpec, source: str = "<journeys>") -> Jour
         journeys=tuple(journeys),
         allowed_lateness_ms=parse_duration(spec.settings.allowed_lateness),
         recovery_window_ms=parse_duration(spec.settings.recovery_window),
+        suppression=spec.suppression.rules(),
         dedup_window=spec.settings.dedup_window,
         max_pending=spec.settings.max_pending,
     )

@@ -12,6 +12,7 @@ from linkwatch.commerce import CampaignLabels, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
 from linkwatch.events import CHANNELS, ClickEvent, Event, PurchaseEvent, ShareEvent
+from linkwatch.suppression import Withheld
 from linkwatch.triggers import Resolution, Trigger
 
 KNOWN_CHANNELS: Final = frozenset(CHANNELS)
@@ -103,6 +104,13 @@ class Metrics:
             ["journey", "step", "cause"],
             registry=registry,
         )
+        self.withheld = Counter(
+            "linkwatch_triggers_withheld_total",
+            "Triggers and resolutions suppression kept back, by type and reason "
+            "(holdout, cooldown, frequency_cap, resolved_while_held)",
+            ["type", "reason"],
+            registry=registry,
+        )
         self.active = Gauge(
             "linkwatch_active_instances",
             "Open journey instances on this worker",
@@ -152,6 +160,8 @@ class Metrics:
                 self.triggers.labels(out.type).inc()
             elif isinstance(out, Resolution):
                 self.resolutions.labels(out.journey, out.missed_step, out.cause.value).inc()
+            elif isinstance(out, Withheld):
+                self.withheld.labels(out.record.type, out.reason).inc()
             else:
                 self._count_transition(out)
 

@@ -186,12 +186,15 @@ class PartitionProcessor:
             if advanced.state is not state:
                 store[user_id] = advanced.state
             if advanced.wake is not None:
-                self._schedule(advanced.state, advanced.wake, user_id)
+                # A wake-up not beyond this watermark would spin this loop forever; it can
+                # only come from a bug, and must cost a delay, not a stalled stream.
+                wake = advanced.wake if advanced.wake > watermark else watermark + 1
+                self._schedule(advanced.state, wake, user_id)
         self._expire_idle(watermark)
         return outputs
 
     def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
-        if state.instances or state.pending or state.awaiting:
+        if state.instances or state.pending or state.awaiting or state.delivery.held:
             heapq.heappush(self._wakeups, (wake, user_id))
         else:
             self._expiries.append((wake, user_id))
@@ -199,13 +202,19 @@ class PartitionProcessor:
     def _expire_idle(self, watermark: int) -> None:
         expiries = self._expiries
         store = self.store
-        ttl = self.engine.state_ttl_ms
+        forget_at = self.engine.forget_at
         while expiries and expiries[0][0] <= watermark:
             _, user_id = expiries.popleft()
             state = store.get(user_id)
-            if state is None or state.instances or state.pending or state.awaiting:
+            if (
+                state is None
+                or state.instances
+                or state.pending
+                or state.awaiting
+                or state.delivery.held
+            ):
                 continue  # gone already, or busy again (then the heap tracks it)
-            expiry = state.last_seen + ttl
+            expiry = forget_at(state.last_seen, state.delivery)
             if expiry <= watermark:
                 del store[user_id]
             else:

@@ -13,6 +13,7 @@ from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
 from linkwatch.events import Event
 from linkwatch.journeys import JourneySet
+from linkwatch.suppression import Withheld
 from linkwatch.triggers import Resolution, Trigger
 
 
@@ -35,6 +36,7 @@ class Report:
     triggers: Counter[str] = field(default_factory=Counter)  # type
     resolved: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, missed)
     commerce: Commerce = field(default_factory=Commerce)
+    withheld: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
 
     def count_event(self, event: Event, verdict: Verdict) -> None:
         self.valid += 1
@@ -51,6 +53,8 @@ class Report:
                 self.triggers[out.type] += 1
             elif isinstance(out, Resolution):
                 self.resolved[out.journey, out.missed_step] += 1
+            elif isinstance(out, Withheld):
+                self.withheld[out.record.type, out.reason] += 1
             else:
                 self._count_transition(out)
 
@@ -95,6 +99,9 @@ class Report:
             },
             "triggers": dict(sorted(self.triggers.items())),
             "resolutions": sum(self.resolved.values()),
+            "withheld": {
+                f"{kind}/{reason}": n for (kind, reason), n in sorted(self.withheld.items())
+            },
             "journeys": {
                 j.name: {
                     "started": self.started[j.name],
@@ -130,6 +137,9 @@ class Report:
             lines.append(f"rejected by reason: {reasons}")
         trig = ", ".join(f"{t} {n:,}" for t, n in data["triggers"].items()) or "none"
         lines.append(f"triggers: {trig}; resolutions (users who came back) {data['resolutions']:,}")
+        if data["withheld"]:
+            held_back = ", ".join(f"{k} {n:,}" for k, n in data["withheld"].items())
+            lines.append(f"withheld by suppression (not published): {held_back}")
         lines.extend(self._render_commerce(data["commerce"]))
         for name, jdata in data["journeys"].items():
             started = jdata["started"]

@@ -15,8 +15,10 @@ import orjson
 
 from linkwatch.codec import validate_event
 from linkwatch.events import Event
+from linkwatch.suppression import EMPTY_DELIVERY, Delivery, Held
+from linkwatch.triggers import Trigger
 
-WIRE_VERSION: Final = 2
+WIRE_VERSION: Final = 3
 
 
 class Context(NamedTuple):
@@ -72,6 +74,7 @@ class UserState(NamedTuple):
     recent: tuple[int, ...]  # 64-bit hashes of the most recent event_ids (de-duplication)
     last_seen: int  # newest event time seen for this user (ms)
     awaiting: Mapping[str, Awaiting] = MappingProxyType({})  # journey → last drop-off
+    delivery: Delivery = EMPTY_DELIVERY  # what suppression remembers: sent, cooldowns, held
 
 
 EMPTY_INSTANCES: Final[Mapping[str, Instance]] = MappingProxyType({})
@@ -89,7 +92,8 @@ def event_order(event: Event) -> tuple[int, str]:
 
 
 def dump_state(state: UserState, partition: int = -1) -> bytes:
-    """Compact wire form: [version, partition, instances, pending, recent, last_seen, awaiting].
+    """Compact wire form: [version, partition, instances, pending, recent, last_seen, awaiting,
+    delivery].
 
     The partition is stored so that, after a rebalance, recovered states can be grouped by
     partition without assuming how producers partitioned their keys."""
@@ -108,7 +112,33 @@ def dump_state(state: UserState, partition: int = -1) -> bytes:
             list(state.recent),
             state.last_seen,
             {name: list(a) for name, a in state.awaiting.items()},
+            _dump_delivery(state.delivery),
         ]
+    )
+
+
+def _dump_delivery(delivery: Delivery) -> list[Any] | None:
+    if delivery == EMPTY_DELIVERY:
+        return None
+    return [
+        list(delivery.sent),
+        dict(delivery.cooldowns),
+        [[h.release_at, h.trigger.model_dump(mode="json")] for h in delivery.held],
+        delivery.tz,
+        {journey: list(entry) for journey, entry in delivery.withheld.items()},
+    ]
+
+
+def _load_delivery(data: list[Any] | None) -> Delivery:
+    if data is None:
+        return EMPTY_DELIVERY
+    sent, cooldowns, held, tz, withheld = data
+    return Delivery(
+        tuple(sent),
+        cooldowns,
+        tuple(Held(release_at, Trigger.model_validate(t)) for release_at, t in held),
+        tz,
+        {journey: (entry[0], entry[1]) for journey, entry in withheld.items()},
     )
 
 
@@ -117,7 +147,7 @@ def load_state(raw: bytes) -> tuple[int, UserState]:
     data: list[Any] = orjson.loads(raw)
     if not isinstance(data, list) or not data or data[0] != WIRE_VERSION:
         raise ValueError(f"unsupported state wire format: {raw[:40]!r}")
-    _, partition, instances, pending, recent, last_seen, awaiting = data
+    _, partition, instances, pending, recent, last_seen, awaiting, delivery = data
     return partition, UserState(
         instances={
             name: Instance(step, started_by, reached_at, deadline, Context(*context))
@@ -127,4 +157,5 @@ def load_state(raw: bytes) -> tuple[int, UserState]:
         recent=tuple(recent),
         last_seen=last_seen,
         awaiting={name: Awaiting(*entry) for name, entry in awaiting.items()},
+        delivery=_load_delivery(delivery),
     )

@@ -115,25 +115,28 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     by_type = Counter(t.type for t in expected if isinstance(t, Trigger))
     for kind, count in by_type.items():
         assert sum_metric(metrics, "linkwatch_triggers_total", type=kind) == count
-    dropped = Counter(
-        (t.journey, t.missed_step, t.cause)
-        for t in expected
-        if isinstance(t, Trigger) and t.type == "dropoff"
-    )
-    for (journey, step, cause), count in dropped.items():
+    report = replay_lines(lines, load_journeys(), close_open=True).report
+    for (journey, step, cause), count in report.dropped.items():
+        # Every drop-off, published or kept back by suppression.
         assert (
             sum_metric(
                 metrics,
                 "linkwatch_journey_dropped_off_total",
-                journey=str(journey),
-                step=str(step),
-                cause=str(cause),
+                journey=journey,
+                step=step,
+                cause=cause,
             )
             == count
         )
+    for (kind, reason), count in report.withheld.items():
+        assert (
+            sum_metric(metrics, "linkwatch_triggers_withheld_total", type=kind, reason=reason)
+            == count
+        )
+    assert sum(report.withheld.values()) > 0
     assert sum_metric(metrics, "linkwatch_resolutions_total") == len(expected_resolutions)
     # Sound / traffic / sales agree with the replay report's.
-    commerce = replay_lines(lines, load_journeys()).report.commerce
+    commerce = report.commerce
     channels = commerce.channels.values()
     assert sum_metric(metrics, "linkwatch_traffic_clicks_total") == sum(c.clicks for c in channels)
     assert sum_metric(metrics, "linkwatch_sound_shares_total") == sum(c.shares for c in channels)
