@@ -250,19 +250,8 @@ def new_tag(prefix: str) -> str:
 
 def topic_settings(broker: EmbeddedBroker, tag: str, work: Path) -> Settings:
     """Settings whose every topic and app id is this run's own."""
-    return Settings(
-        brokers=broker.url,
-        app_id=f"bench-{tag}",
-        topic_click=f"{tag}.events.click",
-        topic_share=f"{tag}.events.share",
-        topic_purchase=f"{tag}.events.purchase",
-        topic_group_chat=f"{tag}.events.group_chat",
-        topic_triggers=f"{tag}.linkwatch.triggers",
-        topic_dlq=f"{tag}.linkwatch.dlq",
-        topic_ticks=f"{tag}.linkwatch.ticks",
-        partitions=PARTITIONS,
-        data_dir=work / f"{tag}-state",
-        log_format="text",
+    return Settings(brokers=broker.url, app_id="bench").namespaced(
+        tag, partitions=PARTITIONS, data_dir=work / f"{tag}-state", log_format="text"
     )
 
 

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         return ";".join(f"kafka://{server}" for server in self.bootstrap_servers)
 
+    def namespaced(self, tag: str, **changes: Any) -> Settings:
+        """A copy whose app id and every topic start with `tag`: runs sharing a broker (tests,
+        benchmarks, a second environment) never see each other's records or state."""
+        topics = {
+            name: f"{tag}.{value}"
+            for name, value in self.model_dump().items()
+            if name.startswith("topic_")
+        }
+        return self.model_copy(update={"app_id": f"{self.app_id}-{tag}", **topics, **changes})
+
     def to_env(self) -> dict[str, str]:
         """These settings as LINKWATCH_* variables, e.g. for a worker process we start."""
         env = {}

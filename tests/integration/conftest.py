@@ -31,15 +31,4 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings on the session broker whose topics, app id and state no other test shares."""
     tag = f"t{uuid.uuid4().hex[:8]}"
-    return Settings(
-        brokers=broker.url,
-        app_id=f"linkwatch-{tag}",
-        topic_click=f"{tag}.events.click",
-        topic_share=f"{tag}.events.share",
-        topic_purchase=f"{tag}.events.purchase",
-        topic_group_chat=f"{tag}.events.group_chat",
-        topic_triggers=f"{tag}.linkwatch.triggers",
-        topic_dlq=f"{tag}.linkwatch.dlq",
-        topic_ticks=f"{tag}.linkwatch.ticks",
-        data_dir=tmp_path / "state",
-    )
+    return Settings(brokers=broker.url).namespaced(tag, data_dir=tmp_path / "state")

@@ -1,0 +1,38 @@
+"""Settings from the environment, and namespacing for runs that share a broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from linkwatch.settings import Settings
+
+
+def test_settings_come_from_linkwatch_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LINKWATCH_BROKERS", "kafka://a:9092,b:9093")
+    monkeypatch.setenv("LINKWATCH_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("LINKWATCH_SASL_PASSWORD", "s3cret")
+    settings = Settings()
+    assert settings.bootstrap_servers == ["a:9092", "b:9093"]
+    assert settings.aiokafka_options()["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert "s3cret" not in repr(settings)  # secrets stay out of logs
+    assert Settings(**settings.model_dump()) == settings
+
+
+def test_namespaced_settings_share_no_topic_or_group() -> None:
+    base = Settings()
+    a, b = base.namespaced("a"), base.namespaced("b")
+    topics = [n for n in base.model_dump() if n.startswith("topic_")]
+    assert len(topics) == 7
+    for name in topics:
+        assert getattr(a, name) == f"a.{getattr(base, name)}"
+        assert getattr(a, name) != getattr(b, name)
+    assert a.app_id != b.app_id
+
+
+def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings().namespaced("x", partitions=3, idle_timeout="2s")
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
