@@ -125,7 +125,11 @@ class JourneyEngine:
         new = UserState(state.instances, pending, recent, last_seen, state.awaiting, delivery)
         wake = ts if pending[0] is event else None
         if len(pending) > self.journeys.max_pending:
-            # Bound the buffer: a flood from one user is applied early, oldest first.
+            # Bound the buffer: a flood from one user is applied early, oldest first (with the
+            # same order as `advance`: releases due by its time go out before it).
+            if self._suppress and delivery.held:
+                delivery, released = self.suppression.release(delivery, pending[0].ts)
+                outputs.extend(released)
             instances, awaiting, applied = self._apply(state.instances, state.awaiting, pending[0])
             if self._suppress and applied:
                 delivery, applied = self.suppression.apply(delivery, applied, pending[0].ts)
