@@ -253,6 +253,11 @@ def is_dead_end(event: Event) -> bool:
     )
 
 
+def parse_ts(rfc3339: str) -> int:
+    """The inverse of `format_ts`: an output's RFC 3339 time back to epoch ms."""
+    return int(datetime.fromisoformat(rfc3339).timestamp() * 1000)
+
+
 def format_ts(ms: int) -> str:
     """Epoch ms → RFC 3339 UTC with milliseconds (the form every output uses)."""
     return (

@@ -8,10 +8,10 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from linkwatch.commerce import CampaignLabels, space_of
+from linkwatch.commerce import CampaignLabels, measure_of, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
-from linkwatch.events import CHANNELS, ClickEvent, Event, PurchaseEvent, ShareEvent
+from linkwatch.events import CHANNELS, Event, PurchaseEvent
 from linkwatch.suppression import Withheld
 from linkwatch.triggers import Resolution, Trigger
 
@@ -56,6 +56,7 @@ class Metrics:
             [*commerce_labels, "currency"],
             registry=registry,
         )
+        self._measures = {"sound": self.sound, "traffic": self.traffic, "sales": self.sales}
         self._campaigns = CampaignLabels()
         self.duplicates = Counter(
             "linkwatch_events_duplicate_total", "Events ignored as duplicates", registry=registry
@@ -142,13 +143,12 @@ class Metrics:
             return  # the same event again: not more traffic or sales
         if verdict is Verdict.LATE:
             self.late.inc()  # too late for journeys, but real traffic all the same
+        measure = measure_of(event)
+        if measure is None:
+            return
         labels = (channel, space_of(event.channel), self._campaigns.label(event.campaign_id))
-        if isinstance(event, ShareEvent):
-            self.sound.labels(*labels).inc()
-        elif isinstance(event, ClickEvent):
-            self.traffic.labels(*labels).inc()
-        elif isinstance(event, PurchaseEvent):
-            self.sales.labels(*labels).inc()
+        self._measures[measure].labels(*labels).inc()
+        if isinstance(event, PurchaseEvent):
             self.revenue.labels(*labels, event.currency).inc(float(event.amount))
 
     def count_rejected(self, reason: RejectReason) -> None:

@@ -24,7 +24,7 @@ from typing import Final, NamedTuple
 from linkwatch.engine import JourneyEngine, Output, Verdict
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import Event, format_ts
-from linkwatch.state import UserState
+from linkwatch.state import UserState, has_work
 
 # An event this far ahead of the watermark is a broken clock, not the future.
 MAX_FUTURE_MS: Final = 86_400_000
@@ -194,7 +194,7 @@ class PartitionProcessor:
         return outputs
 
     def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
-        if state.instances or state.pending or state.awaiting or state.delivery.held:
+        if has_work(state):
             heapq.heappush(self._wakeups, (wake, user_id))
         else:
             self._expiries.append((wake, user_id))
@@ -206,13 +206,7 @@ class PartitionProcessor:
         while expiries and expiries[0][0] <= watermark:
             _, user_id = expiries.popleft()
             state = store.get(user_id)
-            if (
-                state is None
-                or state.instances
-                or state.pending
-                or state.awaiting
-                or state.delivery.held
-            ):
+            if state is None or has_work(state):
                 continue  # gone already, or busy again (then the heap tracks it)
             expiry = forget_at(state.last_seen, state.delivery)
             if expiry <= watermark:

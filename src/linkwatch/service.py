@@ -36,6 +36,7 @@ from linkwatch.codec import decode_event
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.engine import JourneyEngine, Output
 from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.events import parse_ts
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
@@ -242,10 +243,7 @@ class LiveJourneys:
             await asyncio.gather(*pending)
 
     def _observe_delay(self, trigger: Trigger, now: int) -> None:
-        from datetime import datetime
-
-        deadline_ms = int(datetime.fromisoformat(str(trigger.deadline)).timestamp() * 1000)
-        delay = (now - deadline_ms) / 1000
+        delay = (now - parse_ts(str(trigger.deadline))) / 1000
         if 0 <= delay < 3600:  # real-time traffic only; replays of old data are not latency
             self.metrics.deadline_delay.observe(delay)
 

@@ -77,6 +77,12 @@ class UserState(NamedTuple):
     delivery: Delivery = EMPTY_DELIVERY  # what suppression remembers: sent, cooldowns, held
 
 
+def has_work(state: UserState) -> bool:
+    """Something is still due for this user (an instance, a buffered event, a drop-off that
+    may be resolved, a held trigger): their wake-ups are exact. Otherwise they are idle."""
+    return bool(state.instances or state.pending or state.awaiting or state.delivery.held)
+
+
 EMPTY_INSTANCES: Final[Mapping[str, Instance]] = MappingProxyType({})
 EMPTY_AWAITING: Final[Mapping[str, Awaiting]] = MappingProxyType({})
 

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
+from linkwatch.events import parse_ts
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
 
 WithheldReason = Literal["holdout", "cooldown", "frequency_cap", "resolved_while_held"]
@@ -74,10 +75,6 @@ class Withheld(NamedTuple):
 EMPTY_DELIVERY: Final = Delivery()
 
 
-def _ms(rfc3339: str) -> int:
-    return int(datetime.fromisoformat(rfc3339).timestamp() * 1000)
-
-
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
@@ -107,7 +104,7 @@ class Suppression:
         result: list[Any] = []
         for out in outputs:
             if isinstance(out, Trigger) and out.type == "dropoff":
-                delivery, decided = self._decide(delivery, out, _ms(out.event_time), at)
+                delivery, decided = self._decide(delivery, out, parse_ts(out.event_time), at)
                 journey = out.journey or ""
                 if isinstance(decided, Withheld):
                     entry = (out.trigger_id, decided.reason)

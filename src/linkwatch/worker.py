@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import faust
 
@@ -86,11 +86,6 @@ def run_worker(settings: Settings) -> NoReturn:
     worker.shutdown_timeout = settings.shutdown_timeout
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     worker.execute_from_commandline()
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    """Settings for the start-up log line, secrets masked by pydantic."""
-    return settings.model_dump(mode="json")
 
 
 def main() -> None:
