@@ -18,6 +18,14 @@ CORE = [
     "partition",
     "triggers",
     "commerce",
+    "suppression",
+    "signals",
+    "entities",
+    "links",
+    "communities",
+    "fission",
+    "tiers",
+    "profile",
 ]
 FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
 FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}

@@ -34,7 +34,7 @@ from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, TriggerCont
 # time after their newest event, then their state is dropped so finished journeys cost nothing.
 DEFAULT_STATE_TTL_MS: Final = 3_600_000
 
-Outcome = Literal["started", "reached", "converted", "exited", "dropped_off"]
+Outcome = Literal["started", "reached", "converted", "exited", "dropped_off", "retired"]
 
 
 class Transition(NamedTuple):
@@ -46,7 +46,10 @@ class Transition(NamedTuple):
     cause: Cause | None = None
 
 
-Output = Trigger | Resolution | Transition | Withheld
+# An `Event` among the outputs has just been applied, in event-time order (late and duplicate
+# events never are). Commerce metrics and the entity signals (links, groups, shares) are
+# derived from these.
+Output = Event | Trigger | Resolution | Transition | Withheld
 
 
 class Verdict(StrEnum):
@@ -135,6 +138,7 @@ class JourneyEngine:
                 delivery, applied = self.suppression.apply(delivery, applied, pending[0].ts)
             new = UserState(instances, pending[1:], recent, last_seen, awaiting, delivery)
             outputs.extend(applied)
+            outputs.append(pending[0])
             wake = self.next_wakeup(new)
         return Accepted(new, outputs, Verdict.ACCEPTED, wake)
 
@@ -164,6 +168,7 @@ class JourneyEngine:
                     if suppress:
                         delivery, out = self.suppression.apply(delivery, out, event.ts)
                     outputs.extend(out)
+                outputs.append(event)
                 applied += 1
             pending = pending[applied:]
         wake = pending[0].ts if pending else None

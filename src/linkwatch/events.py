@@ -169,7 +169,7 @@ Amount = Annotated[
 ]
 
 
-class _EventBase(BaseModel):
+class EventBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
     event_id: Id
@@ -185,7 +185,7 @@ class _EventBase(BaseModel):
     props: dict[PropKey, PropValue] = Field(default_factory=dict, max_length=MAX_PROPS)
 
 
-class ClickEvent(_EventBase):
+class ClickEvent(EventBase):
     """A visit to a page through a link."""
 
     kind: Literal["click"]
@@ -198,7 +198,7 @@ class ClickEvent(_EventBase):
     )
 
 
-class ShareEvent(_EventBase):
+class ShareEvent(EventBase):
     """A user sharing content or a link."""
 
     kind: Literal["share"]
@@ -208,7 +208,7 @@ class ShareEvent(_EventBase):
     group_id: Id | None = None
 
 
-class PurchaseEvent(_EventBase):
+class PurchaseEvent(EventBase):
     """A completed order."""
 
     kind: Literal["purchase"]
@@ -218,7 +218,7 @@ class PurchaseEvent(_EventBase):
     ref_share_id: Id | None = None
 
 
-class GroupChatEvent(_EventBase):
+class GroupChatEvent(EventBase):
     """Activity in a brand community (group chat)."""
 
     kind: Literal["group_chat"]
@@ -230,7 +230,7 @@ Event = Annotated[
     ClickEvent | ShareEvent | PurchaseEvent | GroupChatEvent,
     Field(discriminator="kind"),
 ]
-EVENT_MODELS: Final[dict[str, type[_EventBase]]] = {
+EVENT_MODELS: Final[dict[str, type[EventBase]]] = {
     "click": ClickEvent,
     "share": ShareEvent,
     "purchase": PurchaseEvent,

@@ -19,9 +19,14 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from linkwatch.communities import CommunityRules, CommunitySpec
 from linkwatch.errors import ConfigError
 from linkwatch.events import EVENT_MODELS, KINDS, MATCHABLE_FIELDS, Event, check_timezone
+from linkwatch.fission import FissionRules, FissionSpec
+from linkwatch.links import LinkHealthRules, LinkHealthSpec
+from linkwatch.profile import FakeTrafficRules, FakeTrafficSpec, RetentionRules, RetentionSpec
 from linkwatch.suppression import SuppressionRules
+from linkwatch.tiers import TierRules, TierSpec
 from linkwatch.triggers import DROPOFF_CAUSES, REMEDIES, Cause
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
@@ -163,6 +168,12 @@ class JourneysFileSpec(BaseModel):
 
     settings: SettingsSpec = Field(default_factory=SettingsSpec)
     suppression: SuppressionSpec = Field(default_factory=SuppressionSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    fake_traffic: FakeTrafficSpec = Field(default_factory=FakeTrafficSpec)
+    links: LinkHealthSpec = Field(default_factory=LinkHealthSpec)
+    communities: CommunitySpec = Field(default_factory=CommunitySpec)
+    fission: FissionSpec = Field(default_factory=FissionSpec)
+    tiers: TierSpec = Field(default_factory=TierSpec)
     journey: list[JourneySpec] = Field(min_length=1)
 
 
@@ -248,6 +259,12 @@ class JourneySet:
     max_pending: int
     recovery_window_ms: int = 7 * 86_400_000
     suppression: SuppressionRules = field(default_factory=SuppressionRules)
+    retention: RetentionRules = field(default_factory=RetentionRules)
+    fake_traffic: FakeTrafficRules = field(default_factory=FakeTrafficRules)
+    links: LinkHealthRules = field(default_factory=LinkHealthRules)
+    communities: CommunityRules = field(default_factory=CommunityRules)
+    fission: FissionRules = field(default_factory=FissionRules)
+    tiers: TierRules = field(default_factory=TierRules)
 
     def by_name(self, name: str) -> Journey:
         for journey in self.journeys:
@@ -343,6 +360,12 @@ def compile_journeys(spec: JourneysFileSpec, source: str = "<journeys>") -> Jour
         allowed_lateness_ms=parse_duration(spec.settings.allowed_lateness),
         recovery_window_ms=parse_duration(spec.settings.recovery_window),
         suppression=spec.suppression.rules(),
+        retention=spec.retention.rules(),
+        fake_traffic=spec.fake_traffic.rules(),
+        links=spec.links.rules(),
+        communities=spec.communities.rules(),
+        fission=spec.fission.rules(),
+        tiers=spec.tiers.rules(),
         dedup_window=spec.settings.dedup_window,
         max_pending=spec.settings.max_pending,
     )

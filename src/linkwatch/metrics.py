@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from linkwatch.commerce import CampaignLabels, measure_of, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
-from linkwatch.events import CHANNELS, Event, PurchaseEvent
+from linkwatch.events import CHANNELS, Event, EventBase, PurchaseEvent
 from linkwatch.suppression import Withheld
 from linkwatch.triggers import Resolution, Trigger
 
@@ -96,6 +96,12 @@ class Metrics:
             ["journey", "step"],
             registry=registry,
         )
+        self.retired = Counter(
+            "linkwatch_journey_retired_total",
+            "Open instances ended because a reload removed or changed their journey",
+            ["journey"],
+            registry=registry,
+        )
         self.triggers = Counter(
             "linkwatch_triggers_total", "Triggers published, by type", ["type"], registry=registry
         )
@@ -143,9 +149,13 @@ class Metrics:
             return  # the same event again: not more traffic or sales
         if verdict is Verdict.LATE:
             self.late.inc()  # too late for journeys, but real traffic all the same
+            self._count_commerce(event)
+
+    def _count_commerce(self, event: Event) -> None:
         measure = measure_of(event)
         if measure is None:
             return
+        channel = event.channel if event.channel in KNOWN_CHANNELS else "other"
         labels = (channel, space_of(event.channel), self._campaigns.label(event.campaign_id))
         self._measures[measure].labels(*labels).inc()
         if isinstance(event, PurchaseEvent):
@@ -156,7 +166,9 @@ class Metrics:
 
     def count_outputs(self, outputs: Iterable[Output]) -> None:
         for out in outputs:
-            if isinstance(out, Trigger):
+            if isinstance(out, EventBase):  # real traffic, in event-time order (see engine.Output)
+                self._count_commerce(out)
+            elif isinstance(out, Trigger):
                 self.triggers.labels(out.type).inc()
             elif isinstance(out, Resolution):
                 self.resolutions.labels(out.journey, out.missed_step, out.cause.value).inc()
@@ -177,6 +189,9 @@ class Metrics:
             self._add_active(t.journey, -1)
         elif t.outcome == "exited":
             self.exited.labels(t.journey, t.step).inc()
+            self._add_active(t.journey, -1)
+        elif t.outcome == "retired":
+            self.retired.labels(t.journey).inc()
             self._add_active(t.journey, -1)
         else:
             self.dropped.labels(t.journey, t.step, t.cause or "").inc()

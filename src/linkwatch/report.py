@@ -11,7 +11,7 @@ from typing import Any
 from linkwatch.commerce import Commerce, space_of
 from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
-from linkwatch.events import Event
+from linkwatch.events import Event, EventBase
 from linkwatch.journeys import JourneySet
 from linkwatch.suppression import Withheld
 from linkwatch.triggers import Resolution, Trigger
@@ -37,6 +37,7 @@ class Report:
     resolved: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, missed)
     commerce: Commerce = field(default_factory=Commerce)
     withheld: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
+    retired: Counter[str] = field(default_factory=Counter)  # journey removed by a reload
 
     def count_event(self, event: Event, verdict: Verdict) -> None:
         self.valid += 1
@@ -45,11 +46,14 @@ class Report:
             return  # the same event again: not more traffic or sales
         if verdict is Verdict.LATE:
             self.late += 1  # too late for journeys, but real traffic all the same
-        self.commerce.count(event)
+            self.commerce.count(event)
 
     def count_outputs(self, outputs: Iterable[Output]) -> None:
+        count = self.commerce.count
         for out in outputs:
-            if isinstance(out, Trigger):
+            if isinstance(out, EventBase):  # real traffic, in event-time order (see engine.Output)
+                count(out)
+            elif isinstance(out, Trigger):
                 self.triggers[out.type] += 1
             elif isinstance(out, Resolution):
                 self.resolved[out.journey, out.missed_step] += 1
@@ -68,6 +72,8 @@ class Report:
             self.converted[t.journey] += 1
         elif t.outcome == "exited":
             self.exited[t.journey, t.step] += 1
+        elif t.outcome == "retired":
+            self.retired[t.journey] += 1
         else:
             self.dropped[t.journey, t.step, t.cause or ""] += 1
 
