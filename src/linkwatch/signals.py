@@ -20,6 +20,7 @@ flowing up a referral chain, one level per hop, and sharer profiles last).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
@@ -38,6 +39,12 @@ class Signal(NamedTuple):
     ts: int  # event time (ms) of the fact
     signal_id: str  # deterministic and unique per fact: redeliveries are recognised
     data: Mapping[str, Any]  # small JSON-safe payload (str, int, float, bool, None)
+
+
+def member_hash(user_id: str) -> str:
+    """A stable pseudonym for a user inside aggregates (distinct counts need identity, not
+    the id itself)."""
+    return hashlib.blake2b(user_id.encode(), digest_size=8).hexdigest()
 
 
 def signal(
@@ -90,7 +97,8 @@ class EntityLogic(Protocol):
       - `apply(entity, state, signal)` for each signal, in (ts, signal_id) order;
       - `wake(entity, state, at)` when the watermark reaches `at = next_wake(state)`, after every
         signal with ts < at and before any signal with ts >= at.
-    Every state kept has a next wake (at the latest, when it is to be forgotten: `wake` then
+    `next_wake` of a returned state must be later than the time just handled (the signal's
+    ts, or `at`): time never runs backwards. Every state kept has a next wake (at the latest, when it is to be forgotten: `wake` then
     returns state None), so no entity lives forever. The state must round-trip through
     `dump`/`load` (JSON-safe), since live it is persisted."""
 
