@@ -1,1 +1,313 @@
-"""The entity stage (being built): see `signals`."""
+"""The entity stage: signals about links, campaigns, groups, shares and sharers, aggregated per
+entity in event-time order (see `signals` for the contract and why).
+
+Pure like the journey engine: the store is any mutable mapping (a dict offline, a Faust table
+live) and time moves only when the caller says so. Offline one `EntityStage` holds every
+entity and every level follows the journey engine's watermark. Live, entities are spread over
+the partitions of the signals topic, and each level's watermark is the minimum of the marks
+the partitions feeding it have sent (`service`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from enum import StrEnum
+from typing import Any, Final, NamedTuple
+
+from linkwatch.events import (
+    ClickEvent,
+    EventBase,
+    GroupChatEvent,
+    PurchaseEvent,
+    ShareEvent,
+    parse_ts,
+)
+from linkwatch.signals import (
+    ENTITY_LEVEL,
+    EntityLogic,
+    EntityOutput,
+    Measure,
+    Signal,
+    member_hash,
+    signal,
+)
+from linkwatch.suppression import Withheld
+from linkwatch.triggers import Trigger
+
+# The landing of a click failed (a dead end) from this HTTP-like status on.
+FAILED_LANDING: Final = 400
+
+
+class Offered(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # already buffered: a redelivery
+    LATE = "late"  # its level's watermark has passed it: already decided without it
+
+
+class EntityRecord(NamedTuple):
+    """What the stage keeps per (level, entity): the logic's state and the signals waiting for
+    the watermark, sorted by (ts, signal_id)."""
+
+    state: Any | None
+    pending: tuple[Signal, ...]
+
+
+def record_key(level: int, entity: str) -> str:
+    return f"{level}|{entity}"
+
+
+class Features(NamedTuple):
+    """Which signal families stage 1 derives (each needs its logic enabled)."""
+
+    links: bool
+    communities: bool
+    fission: bool
+    tiers: bool
+    final_level: int
+
+
+def derive_signals(outputs: Iterable[object], features: Features) -> list[Signal]:
+    """The signals stage 1's outputs imply: from applied events and drop-off triggers, plus the
+    signals the engine emitted itself (those that need the user's profile)."""
+    found: list[Signal] = []
+    for out in outputs:
+        if isinstance(out, EventBase):
+            _event_signals(out, features, found)
+        elif isinstance(out, Signal):
+            found.append(out)
+        elif features.links:
+            trigger = out.record if isinstance(out, Withheld) else out
+            if isinstance(trigger, Trigger) and trigger.type == "dropoff":
+                _dropoff_signals(trigger, found)
+    return found
+
+
+def _event_signals(event: EventBase, features: Features, found: list[Signal]) -> None:
+    ts = event.ts
+    why = event.event_id
+    data: dict[str, Any]
+    if isinstance(event, ClickEvent):
+        if features.links and (event.link_id or event.campaign_id):
+            data = {
+                "failed": (event.landing_status or 0) >= FAILED_LANDING,
+                "via_share": event.ref_share_id is not None,
+            }
+            if event.link_id:
+                found.append(signal(ENTITY_LEVEL, f"link:{event.link_id}", "click", ts, data, why))
+            if event.campaign_id:
+                entity = f"campaign:{event.campaign_id}"
+                found.append(signal(ENTITY_LEVEL, entity, "click", ts, data, why))
+        if features.fission and event.ref_share_id:
+            found.append(
+                signal(
+                    ENTITY_LEVEL,
+                    f"share:{event.ref_share_id}",
+                    "click",
+                    ts,
+                    {"clicker": event.user_id},
+                    why,
+                )
+            )
+    elif isinstance(event, PurchaseEvent):
+        amount = str(event.amount)
+        if features.fission and event.ref_share_id:
+            data = {"buyer": event.user_id, "amount": amount, "currency": event.currency}
+            found.append(
+                signal(ENTITY_LEVEL, f"share:{event.ref_share_id}", "purchase", ts, data, why)
+            )
+        if features.tiers:
+            data = {"amount": amount, "currency": event.currency, "via_share": event.ref_share_id}
+            entity = f"user:{event.user_id}"
+            found.append(signal(features.final_level, entity, "purchase", ts, data, why))
+    elif isinstance(event, GroupChatEvent):
+        if features.communities:
+            data = {"action": event.action, "member": member_hash(event.user_id)}
+            found.append(signal(ENTITY_LEVEL, f"group:{event.group_id}", "chat", ts, data, why))
+    elif isinstance(event, ShareEvent) and features.tiers:
+        entity = f"user:{event.user_id}"
+        data = {"share_id": event.share_id}
+        found.append(signal(features.final_level, entity, "share", ts, data, why))
+
+
+def _dropoff_signals(trigger: Trigger, found: list[Signal]) -> None:
+    """A drop-off right after a click: the event that reached the last step was a click."""
+    context = trigger.context
+    if context.page is None:  # only clicks carry a page: the last step was not a click
+        return
+    ts = parse_ts(trigger.deadline or trigger.event_time)
+    data = {"journey": trigger.journey, "step": trigger.missed_step}
+    for prefix, value in (("link", context.link_id), ("campaign", context.campaign_id)):
+        if value:
+            found.append(
+                signal(ENTITY_LEVEL, f"{prefix}:{value}", "dropoff", ts, data, trigger.trigger_id)
+            )
+
+
+class EntityStage:
+    """Every level of the entity stage for the entities one store holds."""
+
+    def __init__(
+        self,
+        logics: Sequence[EntityLogic],
+        store: MutableMapping[str, EntityRecord] | None = None,
+        levels: Sequence[int] = (ENTITY_LEVEL,),
+    ) -> None:
+        self.logics: dict[str, EntityLogic] = {}
+        for logic in logics:
+            for prefix in logic.prefixes:
+                self.logics[prefix] = logic
+        self.store: MutableMapping[str, EntityRecord] = {} if store is None else store
+        self.levels = tuple(sorted(levels))
+        self.watermarks: dict[int, int | None] = dict.fromkeys(self.levels)
+        # Per level: (wake time, record key). Entries may be stale: popping one re-checks.
+        self._wakeups: dict[int, list[tuple[int, str]]] = {level: [] for level in self.levels}
+
+    def logic_of(self, entity: str) -> EntityLogic | None:
+        return self.logics.get(entity.partition(":")[0])
+
+    # -- arrival -------------------------------------------------------------------------------
+
+    def offer(self, sig: Signal) -> Offered:
+        """Buffer a signal until its level's watermark passes it."""
+        watermark = self.watermarks.get(sig.level)
+        if watermark is not None and sig.ts <= watermark:
+            return Offered.LATE
+        if sig.level not in self._wakeups or self.logic_of(sig.entity) is None:
+            raise ValueError(f"no logic at level {sig.level} for entity {sig.entity!r}")
+        key = record_key(sig.level, sig.entity)
+        record = self.store.get(key)
+        if record is None:
+            record = EntityRecord(None, ())
+        elif any(p.signal_id == sig.signal_id for p in record.pending):
+            return Offered.DUPLICATE
+        pending = tuple(sorted((*record.pending, sig), key=_signal_order))
+        self.store[key] = EntityRecord(record.state, pending)
+        if pending[0] is sig:
+            heapq.heappush(self._wakeups[sig.level], (sig.ts, key))
+        return Offered.ACCEPTED
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def advance(self, level: int, watermark: int) -> list[EntityOutput]:
+        """Level `level`'s watermark reached `watermark`: apply its signals and wakes up to it.
+        Signals in the outputs are for higher levels: the caller routes them (offline back into
+        `offer`, live onto the signals topic)."""
+        current = self.watermarks[level]
+        if current is not None and watermark <= current:
+            return []
+        self.watermarks[level] = watermark
+        outputs: list[EntityOutput] = []
+        wakeups = self._wakeups[level]
+        while wakeups and wakeups[0][0] <= watermark:
+            _, key = heapq.heappop(wakeups)
+            record = self.store.get(key)
+            if record is None:
+                continue
+            entity = key.partition("|")[2]
+            logic = self.logic_of(entity)
+            assert logic is not None  # offer() refused entities without logic
+            state, pending = self._run(logic, entity, record, watermark, outputs)
+            if state is None and not pending:
+                del self.store[key]
+                continue
+            self.store[key] = EntityRecord(state, pending)
+            heapq.heappush(wakeups, (_next_time(logic, state, pending), key))
+        return outputs
+
+    @staticmethod
+    def _run(
+        logic: EntityLogic,
+        entity: str,
+        record: EntityRecord,
+        watermark: int,
+        outputs: list[EntityOutput],
+    ) -> tuple[Any | None, tuple[Signal, ...]]:
+        state, pending = record
+        applied = 0
+        woken: int | None = None
+        while True:
+            wake = logic.next_wake(state) if state is not None else None
+            upcoming = pending[applied] if applied < len(pending) else None
+            if wake is not None and wake <= watermark and (upcoming is None or wake <= upcoming.ts):
+                if woken is not None and wake <= woken:  # a logic bug must not hang the stage
+                    raise RuntimeError(f"{entity}: next wake {wake} does not move past {woken}")
+                woken = wake
+                step = logic.wake(entity, state, wake)
+            elif upcoming is not None and upcoming.ts <= watermark:
+                step = logic.apply(entity, state, upcoming)
+                applied += 1
+            else:
+                return state, pending[applied:]
+            state = step.state
+            outputs.extend(step.outputs)
+
+    def run(self, watermark: int) -> list[EntityOutput]:
+        """Offline: every level follows one watermark; signals for higher levels are fed back
+        in. Returns the outputs other than signals, in level order."""
+        results: list[EntityOutput] = []
+        for level in self.levels:
+            for out in self.advance(level, watermark):
+                if isinstance(out, Signal):
+                    self.offer(out)
+                else:
+                    results.append(out)
+        return results
+
+    def rebuild_index(self) -> None:
+        """Recompute the wake-up index from the store (after a restart or rebalance)."""
+        self._wakeups = {level: [] for level in self.levels}
+        for key, record in self.store.items():
+            level_text, _, entity = key.partition("|")
+            logic = self.logic_of(entity)
+            level = int(level_text)
+            if logic is None or level not in self._wakeups:
+                continue  # a logic since disabled: its entities are left to expire
+            self._wakeups[level].append((_next_time(logic, record.state, record.pending), key))
+        for heap in self._wakeups.values():
+            heapq.heapify(heap)
+
+
+def _signal_order(sig: Signal) -> tuple[int, str]:
+    return (sig.ts, sig.signal_id)
+
+
+def _next_time(logic: EntityLogic, state: Any | None, pending: tuple[Signal, ...]) -> int:
+    times = [pending[0].ts] if pending else []
+    if state is not None:
+        times.append(logic.next_wake(state))
+    return min(times)
+
+
+# -- wire form (live persistence) ------------------------------------------------------------
+
+
+def dump_signal(sig: Signal) -> list[Any]:
+    return [sig.level, sig.entity, sig.kind, sig.ts, sig.signal_id, dict(sig.data)]
+
+
+def load_signal(data: Sequence[Any]) -> Signal:
+    level, entity, kind, ts, signal_id, payload = data
+    return Signal(level, entity, kind, ts, signal_id, payload)
+
+
+def dump_record(logic: EntityLogic, record: EntityRecord) -> list[Any]:
+    state = None if record.state is None else logic.dump(record.state)
+    return [state, [dump_signal(s) for s in record.pending]]
+
+
+def load_record(logic: EntityLogic, data: Sequence[Any]) -> EntityRecord:
+    state, pending = data
+    return EntityRecord(
+        None if state is None else logic.load(state), tuple(load_signal(s) for s in pending)
+    )
+
+
+def measures_total(outputs: Iterable[EntityOutput]) -> Mapping[tuple[str, tuple[str, ...]], float]:
+    """Sum of Measures by (name, labels): what the metrics would show."""
+    totals: dict[tuple[str, tuple[str, ...]], float] = {}
+    for out in outputs:
+        if isinstance(out, Measure):
+            key = (out.name, out.labels)
+            totals[key] = totals.get(key, 0.0) + out.amount
+    return totals
