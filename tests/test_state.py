@@ -21,8 +21,9 @@ def test_state_round_trips(default_journeys: JourneySet) -> None:
     advanced = engine.advance("u1", state, at(1, 30))
     assert advanced.state is not None
     state = advanced.state
-    assert state.instances  # both parts are exercised
+    assert state.instances  # every part is exercised
     assert state.pending
+    assert state.profile is not None
     assert load_state(dump_state(state, partition=3)) == (3, state)
 
 
@@ -32,7 +33,7 @@ def test_state_is_compact(default_journeys: JourneySet) -> None:
     advanced = engine.advance("u1", state, at(0, 1))
     assert advanced.state is not None
     size = len(dump_state(advanced.state))
-    assert size < 600, size  # an open cart instance plus de-dup memory
+    assert size < 600, size  # an open cart instance, de-dup memory and the profile
 
 
 def test_stored_context_and_published_trigger_context_have_the_same_fields() -> None:

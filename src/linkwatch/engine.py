@@ -6,6 +6,10 @@ Event time decides. An accepted event is not applied at once: it waits in the us
 buffer until the watermark passes it, and buffered events are applied in (event time, event_id)
 order. So the outcome depends only on which events arrived in time, never on the order in
 which they arrived. Dead ends depend on one event alone and are emitted on arrival.
+
+Beside journeys, each user has a profile (see `profile`): the retention loop's deadlines, fake-
+traffic flags and the signals that need the user's history. It changes only when an event is
+applied, and its deadlines fire in event-time order with the journeys' drop-offs.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
-from linkwatch.events import Event, format_ts, is_dead_end
+from linkwatch.events import Event, format_ts, is_dead_end, parse_ts
 from linkwatch.journeys import Journey, JourneySet
+from linkwatch.profile import PROFILE_TRIGGERS, BotFlagged, FlaggedEvent, Profile, Profiles
+from linkwatch.signals import Signal
 from linkwatch.state import (
     EMPTY_AWAITING,
     EMPTY_INSTANCES,
@@ -31,7 +37,8 @@ from linkwatch.suppression import EMPTY_DELIVERY, Delivery, Suppression, Withhel
 from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, TriggerContext, derive_id
 
 # Idle users (no open instance, nothing buffered) keep their de-dup memory this long in event
-# time after their newest event, then their state is dropped so finished journeys cost nothing.
+# time after their newest event, then their state is dropped so finished journeys cost nothing
+# (a user with a profile keeps only the profile, until it expires).
 DEFAULT_STATE_TTL_MS: Final = 3_600_000
 
 Outcome = Literal["started", "reached", "converted", "exited", "dropped_off", "retired"]
@@ -44,12 +51,16 @@ class Transition(NamedTuple):
     outcome: Outcome
     step: str
     cause: Cause | None = None
+    # For a drop-off, its trigger, at the moment it is decided: suppression may hold the
+    # trigger itself back until later, or keep it, but what happened happened now.
+    trigger: Trigger | None = None
 
 
 # An `Event` among the outputs has just been applied, in event-time order (late and duplicate
-# events never are). Commerce metrics and the entity signals (links, groups, shares) are
-# derived from these.
-Output = Event | Trigger | Resolution | Transition | Withheld
+# events never are; a flagged user's events come as `FlaggedEvent` instead). Commerce metrics
+# and the entity signals (links, groups, shares) are derived from these. `Signal`s are the
+# ones only the user's profile can tell; `BotFlagged` marks a user flagged as fake traffic.
+Output = Event | Trigger | Resolution | Transition | Withheld | Signal | BotFlagged | FlaggedEvent
 
 
 class Verdict(StrEnum):
@@ -70,11 +81,13 @@ class Accepted(NamedTuple):
 class Advanced(NamedTuple):
     state: UserState | None  # None: nothing left worth keeping for this user
     outputs: list[Output]
-    wake: int | None  # when `advance` next has something to do for this user
+    # When `advance` next has something to do for this user (`next_wakeup`), or None when
+    # the state did not change: the wake-up scheduled for it is still pending.
+    wake: int | None
 
 
 def new_state() -> UserState:
-    return UserState(EMPTY_INSTANCES, (), (), 0, EMPTY_AWAITING, EMPTY_DELIVERY)
+    return UserState(EMPTY_INSTANCES, (), (), 0, EMPTY_AWAITING, EMPTY_DELIVERY, None)
 
 
 _NO_OUTPUTS: Final[list[Output]] = []
@@ -90,6 +103,9 @@ class JourneyEngine:
         self.state_ttl_ms = state_ttl_ms
         self.suppression = Suppression(journeys.suppression)
         self._suppress = journeys.suppression.active
+        self.profiles = Profiles(journeys)
+        self._profiles = self.profiles.enabled
+        self._profile_ttl_ms = self.profiles.ttl_ms
         self._journey_by_name = {j.name: j for j in journeys.journeys}
         # Per kind, only the journeys that can react to it: the hot path skips the rest.
         self._by_kind: dict[str, tuple[Journey, ...]] = {}
@@ -123,22 +139,19 @@ class JourneyEngine:
         if watermark is not None and ts <= watermark:
             # Its moment has passed: deadlines up to the watermark have already been decided.
             late = state._replace(recent=recent, last_seen=last_seen, delivery=delivery)
-            return Accepted(late, outputs, Verdict.LATE, self.next_wakeup(late) if is_new else None)
+            # A later last_seen may move a wake-up later (forgetting, trimming a profile's
+            # state): schedule it, or a stale one would find nothing due and end the chain.
+            wake = self.next_wakeup(late) if is_new or state.profile is not None else None
+            return Accepted(late, outputs, Verdict.LATE, wake)
         pending = _insert(state.pending, event)
-        new = UserState(state.instances, pending, recent, last_seen, state.awaiting, delivery)
+        new = UserState(
+            state.instances, pending, recent, last_seen, state.awaiting, delivery, state.profile
+        )
         wake = ts if pending[0] is event else None
         if len(pending) > self.journeys.max_pending:
-            # Bound the buffer: a flood from one user is applied early, oldest first (with the
-            # same order as `advance`: releases due by its time go out before it).
-            if self._suppress and delivery.held:
-                delivery, released = self.suppression.release(delivery, pending[0].ts)
-                outputs.extend(released)
-            instances, awaiting, applied = self._apply(state.instances, state.awaiting, pending[0])
-            if self._suppress and applied:
-                delivery, applied = self.suppression.apply(delivery, applied, pending[0].ts)
-            new = UserState(instances, pending[1:], recent, last_seen, awaiting, delivery)
-            outputs.extend(applied)
-            outputs.append(pending[0])
+            # Bound the buffer: a flood from one user is applied early, oldest first, exactly
+            # as `advance` would apply it.
+            new = self._apply(new._replace(pending=pending[1:]), pending[0], outputs)
             wake = self.next_wakeup(new)
         return Accepted(new, outputs, Verdict.ACCEPTED, wake)
 
@@ -148,51 +161,35 @@ class JourneyEngine:
         """The watermark reached `watermark`: apply buffered events up to it, in order, then
         fire every deadline at or before it."""
         outputs: list[Output] = []
+        current = state
         pending = state.pending
-        instances = state.instances
-        awaiting = state.awaiting
-        delivery = state.delivery
-        suppress = self._suppress
         if pending and pending[0].ts <= watermark:
             count = len(pending)
             applied = 0
             while applied < count and pending[applied].ts <= watermark:
-                event = pending[applied]
-                if suppress and delivery.held:
-                    # Event time decides here too: a quiet window that ended before this
-                    # event has released its triggers before the event can resolve them.
-                    delivery, released = self.suppression.release(delivery, event.ts)
-                    outputs.extend(released)
-                instances, awaiting, out = self._apply(instances, awaiting, event)
-                if out:
-                    if suppress:
-                        delivery, out = self.suppression.apply(delivery, out, event.ts)
-                    outputs.extend(out)
-                outputs.append(event)
+                current = self._apply(current, pending[applied], outputs)
                 applied += 1
             pending = pending[applied:]
+        instances = current.instances
+        awaiting = current.awaiting
+        delivery = current.delivery
+        profile = current.profile
+        due = self.profiles.due(profile) if profile is not None else None
+        if instances or (due is not None and due <= watermark):
+            fired: list[Output] = []
+            instances, awaiting, profile, retention = self._fire_due(
+                user_id, instances, awaiting, profile, due, watermark + 1, fired
+            )
+            if retention and profile is not None:
+                due = self.profiles.due(profile)
+            if fired:
+                if self._suppress:
+                    delivery, fired = self._decide(delivery, fired, watermark, retention)
+                outputs.extend(fired)
         wake = pending[0].ts if pending else None
-        if instances:
-            expired = None
-            for name, inst in instances.items():
-                deadline = inst.deadline
-                if deadline <= watermark:
-                    expired = [name] if expired is None else [*expired, name]
-                elif wake is None or deadline < wake:
-                    wake = deadline
-            if expired:
-                instances = dict(instances)
-                awaiting = dict(awaiting)
-                dropped: list[Output] = []
-                # In event-time order (ties by name), however far the watermark jumped:
-                # suppression decides in this order.
-                expired.sort(key=lambda name: (instances[name].deadline, name))
-                for name in expired:
-                    inst = instances.pop(name)
-                    dropped.extend(self._drop_off(name, inst, user_id, awaiting))
-                if suppress:
-                    delivery, dropped = self.suppression.apply(delivery, dropped, watermark)
-                outputs.extend(dropped)
+        for inst in instances.values():
+            if wake is None or inst.deadline < wake:
+                wake = inst.deadline
         if awaiting:
             gone = [name for name, a in awaiting.items() if a.expires <= watermark]
             if gone:  # the recovery window closed: no resolution any more
@@ -200,24 +197,42 @@ class JourneyEngine:
             for entry in awaiting.values():
                 if wake is None or entry.expires < wake:
                     wake = entry.expires
-        if suppress and delivery.held:
+        if self._suppress and delivery.held:
             delivery, released = self.suppression.release(delivery, watermark)
             outputs.extend(released)
             release = self.suppression.next_release(delivery)
             if release is not None and (wake is None or release < wake):
                 wake = release
-        if wake is None:  # idle: keep what is still needed, then forget the user
-            wake = self.forget_at(state.last_seen, delivery)
-            if wake <= watermark:
-                return Advanced(None, outputs, None)
+        recent = current.recent
+        if profile is not None and profile.last_active + self._profile_ttl_ms <= watermark:
+            profile = None  # a user seen again after this is new
+        if wake is None:  # no journey work: keep what is still needed, then forget the user
+            forget = self.forget_at(state.last_seen, delivery)
+            if profile is None:
+                if forget <= watermark:
+                    return Advanced(None, outputs, None)
+                wake = forget
+            elif forget <= watermark:  # keep only the profile (and the timezone)
+                recent, delivery = (), _trimmed(delivery)
+            elif _remembers(recent, delivery):
+                wake = forget
+        if profile is not None:
+            # Its retention deadline, else its expiry (a deadline never falls after it).
+            profile_wake = due if due is not None else profile.last_active + self._profile_ttl_ms
+            if wake is None or profile_wake < wake:
+                wake = profile_wake
         if (
             pending is state.pending
             and instances is state.instances
             and awaiting is state.awaiting
             and delivery is state.delivery
+            and profile is state.profile
+            and recent is state.recent
         ):
-            return Advanced(state, outputs, wake)
-        new = UserState(instances, pending, state.recent, state.last_seen, awaiting, delivery)
+            # Nothing was due (a stale wake-up): the one scheduled when the state was made is
+            # still there, and scheduling another would keep a duplicate alive.
+            return Advanced(state, outputs, None if not outputs else wake)
+        new = UserState(instances, pending, recent, state.last_seen, awaiting, delivery, profile)
         return Advanced(new, outputs, wake)
 
     def next_wakeup(self, state: UserState) -> int:
@@ -227,13 +242,18 @@ class JourneyEngine:
         times.extend(held.release_at for held in state.delivery.held)
         if state.pending:
             times.append(state.pending[0].ts)
-        if not times:
-            return self.forget_at(state.last_seen, state.delivery)
+        profile = state.profile
+        if profile is None:
+            return min(times) if times else self.forget_at(state.last_seen, state.delivery)
+        if not times and _remembers(state.recent, state.delivery):
+            times.append(self.forget_at(state.last_seen, state.delivery))
+        times.append(self.profiles.wake(profile))
         return min(times)
 
     def forget_at(self, last_seen: int, delivery: Delivery) -> int:
         """When an idle user's state is no longer needed: de-dup memory lasts the state TTL,
-        suppression memory (cooldowns, the frequency cap's window) as long as its rules."""
+        suppression memory (cooldowns, the frequency cap's window) as long as its rules. A
+        profile is kept apart from this (see `advance`)."""
         forget = last_seen + self.state_ttl_ms
         rules = self.journeys.suppression
         if delivery.cooldowns and rules.cooldown_ms:
@@ -244,27 +264,81 @@ class JourneyEngine:
 
     # -- applying one event in event-time order ------------------------------------------------
 
-    def _apply(
-        self, instances: Mapping[str, Instance], awaiting: Mapping[str, Awaiting], event: Event
-    ) -> tuple[Mapping[str, Instance], Mapping[str, Awaiting], list[Output]]:
-        outputs: list[Output] = []
-        if instances:
-            expired = [name for name, inst in instances.items() if inst.deadline < event.ts]
-            if expired:
-                # Event time decides: every budget that ran out before this event dropped off
-                # before it, whatever journey the event concerns, in event-time order.
-                expired.sort(key=lambda name: (instances[name].deadline, name))
-                instances = dict(instances)
-                awaiting = dict(awaiting)
-                for name in expired:
-                    outputs.extend(
-                        self._drop_off(name, instances.pop(name), event.user_id, awaiting)
-                    )
-        if is_dead_end(event):
-            return instances, awaiting, outputs  # the user never saw the page: no step reached
-        journeys = self._by_kind.get(event.kind)
-        if not journeys:
-            return instances, awaiting, outputs
+    def _apply(self, state: UserState, event: Event, outputs: list[Output]) -> UserState:
+        """Apply one event: first what fell due before it (held triggers released, deadlines
+        fired), then the event itself (profile, journeys). Appends to `outputs`; the returned
+        state keeps `state.pending` as it was."""
+        ts = event.ts
+        user_id = event.user_id
+        instances = state.instances
+        awaiting = state.awaiting
+        delivery = state.delivery
+        profile = state.profile
+        suppress = self._suppress
+        if suppress and delivery.held:
+            # Event time decides here too: a quiet window that ended before this event has
+            # released its triggers before the event can resolve them.
+            delivery, released = self.suppression.release(delivery, ts)
+            outputs.extend(released)
+        out: list[Output] = []
+        retention = False
+        if profile is not None:
+            due = self.profiles.due(profile)
+            if instances or (due is not None and due < ts):
+                # Event time decides: every deadline that passed before this event fired
+                # before it, whatever the event concerns, in event-time order.
+                instances, awaiting, profile, retention = self._fire_due(
+                    user_id, instances, awaiting, profile, due, ts, out
+                )
+            if profile is not None and profile.last_active + self._profile_ttl_ms < ts:
+                profile = None  # forgotten before this event: the user is new again
+        elif instances:
+            instances, awaiting, _, _ = self._fire_due(
+                user_id, instances, awaiting, None, None, ts, out
+            )
+        observed = None
+        if self._profiles:
+            observed = self.profiles.observe(profile, event)
+            profile = observed.profile
+        if observed is not None and observed.flagged:
+            if observed.flag is not None and (instances or awaiting):
+                # Just flagged: their journeys end here, without triggers or resolutions (the
+                # transitions keep the open-instance count right).
+                for name in sorted(instances):
+                    step = self._journey_by_name[name].steps[instances[name].step].name
+                    out.append(Transition(name, "retired", step))
+                instances, awaiting = EMPTY_INSTANCES, EMPTY_AWAITING
+        elif not is_dead_end(event):  # a dead end: the user never saw the page, no step reached
+            journeys = self._by_kind.get(event.kind)
+            if journeys:
+                instances, awaiting = self._journeys(journeys, instances, awaiting, event, out)
+        if out:
+            if suppress:
+                delivery, out = self._decide(delivery, out, ts, retention)
+            outputs.extend(out)
+        if observed is None:
+            outputs.append(event)
+        elif observed.flagged:
+            if observed.flag is not None:
+                outputs.append(observed.flag)
+            outputs.append(FlaggedEvent(event))
+        else:
+            outputs.append(event)
+            if observed.signals:
+                outputs.extend(observed.signals)
+        return UserState(
+            instances, state.pending, state.recent, state.last_seen, awaiting, delivery, profile
+        )
+
+    def _journeys(
+        self,
+        journeys: tuple[Journey, ...],
+        instances: Mapping[str, Instance],
+        awaiting: Mapping[str, Awaiting],
+        event: Event,
+        outputs: list[Output],
+    ) -> tuple[Mapping[str, Instance], Mapping[str, Awaiting]]:
+        """The event's effect on the journeys of its kind: resolutions, steps, exits."""
         copied: dict[str, Instance] | None = None  # copy-on-write: the input is never mutated
         for journey in journeys:
             name = journey.name
@@ -283,7 +357,71 @@ class JourneyEngine:
                     del copied[name]
                 else:
                     copied[name] = replacement
-        return instances, awaiting, outputs
+        return instances, awaiting
+
+    def _fire_due(
+        self,
+        user_id: str,
+        instances: Mapping[str, Instance],
+        awaiting: Mapping[str, Awaiting],
+        profile: Profile | None,
+        due: int | None,
+        before: int,
+        outputs: list[Output],
+    ) -> tuple[Mapping[str, Instance], Mapping[str, Awaiting], Profile | None, bool]:
+        """Fire every deadline earlier than `before`: drop-offs and the profile's retention
+        deadline `due` (`Profiles.due`), in event-time order (a drop-off first on a tie),
+        however far time jumped: suppression decides in this order. The last value: a
+        retention deadline fired."""
+        expired = [name for name, inst in instances.items() if inst.deadline < before]
+        if due is not None and due >= before:
+            due = None
+        if not expired and due is None:
+            return instances, awaiting, profile, False
+        retention = due is not None
+        if expired:
+            expired.sort(key=lambda name: (instances[name].deadline, name))
+            instances = dict(instances)
+            awaiting = dict(awaiting)
+            for name in expired:
+                inst = instances.pop(name)
+                if due is not None and due < inst.deadline:
+                    profile = self._fire_retention(user_id, profile, due, outputs)
+                    due = None
+                outputs.extend(self._drop_off(name, inst, user_id, awaiting))
+        if due is not None:
+            profile = self._fire_retention(user_id, profile, due, outputs)
+        return instances, awaiting, profile, retention
+
+    def _fire_retention(
+        self, user_id: str, profile: Profile | None, deadline: int, outputs: list[Output]
+    ) -> Profile:
+        assert profile is not None  # a deadline comes from a profile
+        profile, trigger = self.profiles.fire(user_id, profile, deadline)
+        if trigger is not None:
+            outputs.append(trigger)
+        return profile
+
+    def _decide(
+        self, delivery: Delivery, outputs: list[Output], at: int, retention: bool
+    ) -> tuple[Delivery, list[Output]]:
+        """Suppression decides the drop-offs and resolutions among `outputs` (in order) and,
+        like drop-offs, the retention triggers."""
+        if not retention:
+            return self.suppression.apply(delivery, outputs, at)
+        decided: list[Any] = []
+        for out in outputs:
+            if isinstance(out, Trigger) and out.type in PROFILE_TRIGGERS:
+                # `Suppression.apply` decides drop-offs only; the same rules, called directly.
+                delivery, verdict = self.suppression._decide(
+                    delivery, out, parse_ts(out.event_time), at
+                )
+                if verdict is not None:
+                    decided.append(verdict)
+            else:
+                delivery, kept = self.suppression.apply(delivery, [out], at)
+                decided.extend(kept)
+        return delivery, decided
 
     @staticmethod
     def _resolution(journey: Journey, waiting: Awaiting, reached: int, event: Event) -> Resolution:
@@ -378,7 +516,19 @@ class JourneyEngine:
             inst.deadline,
             inst.deadline + self.journeys.recovery_window_ms,
         )
-        return [Transition(journey.name, "dropped_off", missed.name, cause), trigger]
+        return [Transition(journey.name, "dropped_off", missed.name, cause, trigger), trigger]
+
+
+def _remembers(recent: tuple[int, ...], delivery: Delivery) -> bool:
+    """De-dup or suppression memory is left to forget (see `forget_at`)."""
+    return bool(recent or delivery.sent or delivery.cooldowns or delivery.withheld)
+
+
+def _trimmed(delivery: Delivery) -> Delivery:
+    """What an idle user with a profile keeps of their delivery: the timezone."""
+    if not (delivery.sent or delivery.cooldowns or delivery.withheld or delivery.held):
+        return delivery
+    return EMPTY_DELIVERY if delivery.tz is None else Delivery(tz=delivery.tz)
 
 
 def _furthest_match(journey: Journey, first: int, event: Event) -> int | None:

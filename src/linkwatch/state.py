@@ -15,10 +15,13 @@ import orjson
 
 from linkwatch.codec import validate_event
 from linkwatch.events import Event
+from linkwatch.profile import Profile
 from linkwatch.suppression import EMPTY_DELIVERY, Delivery, Held
 from linkwatch.triggers import Trigger
 
-WIRE_VERSION: Final = 3
+WIRE_VERSION: Final = 4
+# Version 3 (no profile) still loads, as a user without a profile.
+_READABLE: Final = frozenset({3, WIRE_VERSION})
 
 
 class Context(NamedTuple):
@@ -75,12 +78,20 @@ class UserState(NamedTuple):
     last_seen: int  # newest event time seen for this user (ms)
     awaiting: Mapping[str, Awaiting] = MappingProxyType({})  # journey → last drop-off
     delivery: Delivery = EMPTY_DELIVERY  # what suppression remembers: sent, cooldowns, held
+    profile: Profile | None = None  # retention, fake traffic, signals (see profile.py)
 
 
 def has_work(state: UserState) -> bool:
     """Something is still due for this user (an instance, a buffered event, a drop-off that
-    may be resolved, a held trigger): their wake-ups are exact. Otherwise they are idle."""
-    return bool(state.instances or state.pending or state.awaiting or state.delivery.held)
+    may be resolved, a held trigger, a profile with its deadlines and expiry): their wake-ups
+    are exact. Otherwise they are idle."""
+    return bool(
+        state.instances
+        or state.pending
+        or state.awaiting
+        or state.delivery.held
+        or state.profile is not None
+    )
 
 
 EMPTY_INSTANCES: Final[Mapping[str, Instance]] = MappingProxyType({})
@@ -99,7 +110,7 @@ def event_order(event: Event) -> tuple[int, str]:
 
 def dump_state(state: UserState, partition: int = -1) -> bytes:
     """Compact wire form: [version, partition, instances, pending, recent, last_seen, awaiting,
-    delivery].
+    delivery, profile].
 
     The partition is stored so that, after a rebalance, recovered states can be grouped by
     partition without assuming how producers partitioned their keys."""
@@ -119,7 +130,32 @@ def dump_state(state: UserState, partition: int = -1) -> bytes:
             state.last_seen,
             {name: list(a) for name, a in state.awaiting.items()},
             _dump_delivery(state.delivery),
+            _dump_profile(state.profile),
         ]
+    )
+
+
+def _dump_profile(profile: Profile | None) -> list[Any] | None:
+    return None if profile is None else list(profile)
+
+
+def _load_profile(data: list[Any] | None) -> Profile | None:
+    if data is None:
+        return None
+    first_seen, acquired_by, channel, via_share, retained, last_active, last_event, *rest = data
+    reminded, group, clicks, flagged_until = rest
+    return Profile(
+        first_seen,
+        acquired_by,
+        channel,
+        via_share,
+        retained,
+        last_active,
+        last_event,
+        reminded,
+        None if group is None else (group[0], group[1]),
+        tuple(clicks),
+        flagged_until,
     )
 
 
@@ -151,9 +187,9 @@ def _load_delivery(data: list[Any] | None) -> Delivery:
 def load_state(raw: bytes) -> tuple[int, UserState]:
     """(partition, state) from `dump_state` output."""
     data: list[Any] = orjson.loads(raw)
-    if not isinstance(data, list) or not data or data[0] != WIRE_VERSION:
+    if not isinstance(data, list) or not data or data[0] not in _READABLE:
         raise ValueError(f"unsupported state wire format: {raw[:40]!r}")
-    _, partition, instances, pending, recent, last_seen, awaiting, delivery = data
+    _, partition, instances, pending, recent, last_seen, awaiting, delivery, *profile = data
     return partition, UserState(
         instances={
             name: Instance(step, started_by, reached_at, deadline, Context(*context))
@@ -164,4 +200,5 @@ def load_state(raw: bytes) -> tuple[int, UserState]:
         last_seen=last_seen,
         awaiting={name: Awaiting(*entry) for name, entry in awaiting.items()},
         delivery=_load_delivery(delivery),
+        profile=_load_profile(profile[0]) if profile else None,
     )

@@ -88,6 +88,11 @@ def in_holdout(user_id: str, percent: float) -> bool:
     return int.from_bytes(digest, "big") % 10_000 < percent * 100
 
 
+def uplift_group(user_id: str, holdout_percent: float) -> str:
+    """Which side of the uplift comparison a user is on."""
+    return "holdout" if in_holdout(user_id, holdout_percent) else "treated"
+
+
 class Suppression:
     def __init__(self, rules: SuppressionRules) -> None:
         self.rules = rules

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Cause(StrEnum):
-    """Why a user dropped off (DOMAIN.md, in the order a buyer meets them), plus dead ends."""
+    """Why a user dropped off (DOMAIN.md, in the order a buyer meets them), plus the causes
+    of the other trigger types (each named like its type)."""
 
     UNFAMILIAR = "unfamiliar"
     NOT_UNDERSTOOD = "not_understood"
@@ -23,9 +24,14 @@ class Cause(StrEnum):
     DISTRUST = "distrust"
     DISTRACTED = "distracted"
     DEAD_END = "dead_end"
+    NOT_RETAINED = "not_retained"  # acquired on a public channel, never joined the brand's pool
+    DORMANT = "dormant"  # retained, then silent
 
 
-DROPOFF_CAUSES: Final = tuple(c for c in Cause if c is not Cause.DEAD_END)
+# The causes a journey step may name; the others belong to their own trigger types.
+DROPOFF_CAUSES: Final = tuple(
+    c for c in Cause if c not in (Cause.DEAD_END, Cause.NOT_RETAINED, Cause.DORMANT)
+)
 
 # Default remedy hints; a journey step may override its own.
 REMEDIES: Final[dict[Cause, str]] = {
@@ -35,9 +41,16 @@ REMEDIES: Final[dict[Cause, str]] = {
     Cause.DISTRUST: "reviews, guarantees, KOC testimony",
     Cause.DISTRACTED: "plain reminder, one-click resume",
     Cause.DEAD_END: "fix the link; resend a working link",
+    Cause.NOT_RETAINED: "invite into the brand's own pool: group chat, official account",
+    Cause.DORMANT: "re-reach: what is new, a come-back offer",
 }
 
-TriggerType = Literal["dropoff", "dead_end"]
+# dropoff: a journey broke (see `journey`, `last_step`, `missed_step`); dead_end: a landing
+# failed; not_retained / dormant: the retention loop (see profile.py): no journey or steps,
+# `deadline` = `event_time` = when it fell due, `last_step_at` = the user's last activity,
+# `started_by` = the event that set the deadline, `context` = where the user was acquired
+# (channel, ref_share_id).
+TriggerType = Literal["dropoff", "dead_end", "not_retained", "dormant"]
 _DATE_TIME: Final[dict[str, Any]] = {"format": "date-time"}
 
 
@@ -66,7 +79,7 @@ class Trigger(BaseModel):
 
     trigger_id: str = Field(description="Deterministic: the same input always gives the same id")
     type: TriggerType
-    journey: str | None = Field(description="Journey name; null for a dead end")
+    journey: str | None = Field(description="Journey name; null for the other types")
     user_id: str
     last_step: str | None = Field(description="Last step the user reached")
     missed_step: str | None = Field(description="The step the user did not reach")
@@ -76,12 +89,17 @@ class Trigger(BaseModel):
         description="Event time of the breakpoint (RFC 3339, UTC)", json_schema_extra=_DATE_TIME
     )
     deadline: str | None = Field(
-        description="For a drop-off: when the budget ran out", json_schema_extra=_DATE_TIME
+        description="When the budget ran out (drop-off) or the retention deadline fell due",
+        json_schema_extra=_DATE_TIME,
     )
     last_step_at: str | None = Field(
-        description="Event time the last step was reached", json_schema_extra=_DATE_TIME
+        description="Event time the last step was reached (retention: the last activity)",
+        json_schema_extra=_DATE_TIME,
     )
-    started_by: str = Field(description="event_id of the event that started the instance")
+    started_by: str = Field(
+        description="event_id of the event that started the instance (retention: that set "
+        "the deadline)"
+    )
     context: TriggerContext
 
 
