@@ -8,7 +8,6 @@ would be accepted instead.
 from __future__ import annotations
 
 import operator
-import re
 import tomllib
 import typing
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from linkwatch.communities import CommunityRules, CommunitySpec
+from linkwatch.durations import parse_duration as parse_duration  # re-exported
 from linkwatch.errors import ConfigError
 from linkwatch.events import EVENT_MODELS, KINDS, MATCHABLE_FIELDS, Event, check_timezone
 from linkwatch.fission import FissionRules, FissionSpec
@@ -29,27 +29,8 @@ from linkwatch.suppression import SuppressionRules
 from linkwatch.tiers import TierRules, TierSpec
 from linkwatch.triggers import DROPOFF_CAUSES, REMEDIES, Cause
 
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
-_UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 DEFAULT_JOURNEYS_FILE: Final = "journeys.toml"
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '30m', '1h30m', '2d' → milliseconds. Strictly positive."""
-    cleaned = text.strip()
-    pos = 0
-    total = 0
-    for match in _DURATION_PART.finditer(cleaned):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * _UNIT_MS[match.group(2)]
-        pos = match.end()
-    if pos != len(cleaned) or not cleaned:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 5m, 1h30m, 2d)")
-    if total <= 0:
-        raise ValueError(f"duration {text!r} must be greater than zero")
-    return total
 
 
 Duration = Annotated[str, Field(description="e.g. 30s, 5m, 1h30m, 2d")]
