@@ -103,6 +103,21 @@ def test_events_far_ahead_of_the_clock_are_rejected(cart_journeys: JourneySet) -
     assert "the clock" in info.value.message
 
 
+def test_a_topic_more_than_a_day_ahead_of_a_lagging_one_is_not_a_broken_clock(
+    cart_journeys: JourneySet,
+) -> None:
+    """Live, the watermark follows the slowest topic: a backfill read unevenly can put one topic
+    days ahead of it. Only the clock says what is too far in the future."""
+    p = PartitionProcessor(
+        JourneyEngine(cart_journeys), idle_timeout_ms=IDLE, started_at=WALL, sources=["a", "b"]
+    )
+    p.process(decode_event(cart("slow", at(0))), "a", WALL)
+    p.process(decode_event(cart("fast-1", at(1), user="u2")), "b", WALL)
+    assert p.watermark == at(0) - 10_000
+    days_ahead = decode_event(cart("fast-2", at(3 * 24 * 60), user="u2"))
+    assert p.process(days_ahead, "b", WALL).verdict is Verdict.ACCEPTED
+
+
 def test_a_partition_that_never_saw_an_event_does_not_follow_the_clock(
     cart_journeys: JourneySet,
 ) -> None:

@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 from linkwatch.engine import JourneyEngine, Output, Verdict
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import Event, format_ts
+from linkwatch.reload import Shapes, retire, shapes_of
 from linkwatch.state import UserState, has_work
 
 # An event this far ahead of the watermark is a broken clock, not the future.
@@ -91,10 +92,13 @@ class PartitionProcessor:
         `RecordRejected` for a timestamp far in the future."""
         watermark = self.watermark
         ts = event.ts
-        if watermark is not None and ts > watermark + MAX_FUTURE_MS:
+        if now_ms is not None:
+            # Live, the clock tells a broken clock. The watermark cannot: it follows the
+            # slowest topic, which may lag the others by more than a day in a backfill.
+            if ts > now_ms + MAX_FUTURE_MS:
+                raise _future(ts, now_ms, "the clock")
+        elif watermark is not None and ts > watermark + MAX_FUTURE_MS:
             raise _future(ts, watermark, "the watermark")
-        if now_ms is not None and ts > now_ms + MAX_FUTURE_MS:
-            raise _future(ts, now_ms, "the clock")
         user_id = event.user_id
         accepted = self.engine.accept(self.store.get(user_id), event, watermark)
         if accepted.verdict is not Verdict.DUPLICATE:
@@ -141,6 +145,31 @@ class PartitionProcessor:
             self.sources[name] = SourceClock(ts, now_ms)
         self.max_ts = max(sources.values(), default=None)
         self.rebuild_index()
+
+    def reconfigure(self, engine: JourneyEngine, since: Shapes | None = None) -> list[Output]:
+        """Run under `engine` from now on (a reloaded configuration). Every stored state gives
+        up what the new journeys removed or changed since `since`, the journeys its states
+        were written under (default: this processor's engine's): open instances end as
+        `retired` transitions (the outputs), pending resolutions are dropped. Buffered events
+        and every later event are applied under the new journeys and settings."""
+        old = shapes_of(self.engine.journeys) if since is None else since
+        new = shapes_of(engine.journeys)
+        outputs: list[Output] = []
+        changed: list[tuple[str, UserState]] = []
+        for user_id, state in self.store.items():
+            retired, transitions = retire(state, old, new)
+            if retired is not state:
+                changed.append((user_id, retired))
+                outputs.extend(transitions)
+        for user_id, retired in changed:
+            self.store[user_id] = retired
+        if engine is not self.engine or changed:
+            self.engine = engine
+            self.lateness_ms = engine.journeys.allowed_lateness_ms
+            # Deadlines of retired instances are gone, and forgetting idle users follows the
+            # new suppression rules.
+            self.rebuild_index()
+        return outputs
 
     def _event_watermark(self, now_ms: int | None, backlog: Backlog | None) -> int | None:
         """The slowest active source's newest event time, minus the allowed lateness."""
