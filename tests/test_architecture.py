@@ -26,6 +26,8 @@ CORE = [
     "fission",
     "tiers",
     "profile",
+    "durations",
+    "reload",
 ]
 FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
 FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}

@@ -3,13 +3,16 @@ reference driver however signals are batched, interleaved or partitioned."""
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linkwatch.engine import Transition
 from linkwatch.entities import (
     EntityRecord,
     EntityStage,
@@ -20,13 +23,16 @@ from linkwatch.entities import (
     load_record,
     record_key,
 )
-from linkwatch.events import ClickEvent, GroupChatEvent, PurchaseEvent, ShareEvent
+from linkwatch.events import ClickEvent, GroupChatEvent, PurchaseEvent, ShareEvent, parse_ts
+from linkwatch.journeys import JourneySet
+from linkwatch.replay import replay_lines
 from linkwatch.signals import EntityOutput, EntityStep, Measure, Signal, member_hash, signal
 from linkwatch.triggers import Cause, Trigger, TriggerContext
 from tests.builders import MIN, T0, record
 from tests.entity_driver import drive
 
 HOUR = 60 * MIN
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample-events.jsonl.gz"
 
 
 class Tally(NamedTuple):
@@ -257,13 +263,29 @@ def dropoff(context: TriggerContext) -> Trigger:
     )
 
 
+def decided(trigger: Trigger) -> Transition:
+    return Transition("j", "dropped_off", "b", Cause.DISTRACTED, trigger)
+
+
 def test_a_dropoff_right_after_a_click_counts_against_its_link_at_the_deadline() -> None:
     after_click = dropoff(TriggerContext(link_id="L1", page="product", campaign_id="c1"))
-    found = derive_signals([after_click], ALL)
+    found = derive_signals([decided(after_click)], ALL)
     assert {s.entity for s in found} == {"link:L1", "campaign:c1"}
     assert all(s.kind == "dropoff" and s.data == {"journey": "j", "step": "b"} for s in found)
-    from linkwatch.events import parse_ts
-
     assert {s.ts for s in found} == {parse_ts("2024-11-22T00:30:00Z")}
     not_a_click = dropoff(TriggerContext(campaign_id="c1"))  # e.g. a purchase reached it
-    assert derive_signals([not_a_click], ALL) == []
+    assert derive_signals([decided(not_a_click)], ALL) == []
+
+
+def test_a_trigger_released_after_quiet_hours_is_not_a_second_dropoff() -> None:
+    """The drop-off counted when it happened; its trigger may go out hours later."""
+    after_click = dropoff(TriggerContext(link_id="L1", page="product"))
+    assert derive_signals([after_click], ALL) == []
+
+
+def test_replaying_the_sample_refuses_no_signal(default_journeys: JourneySet) -> None:
+    """Offline every signal is later than its level's watermark: none is refused as late."""
+    with gzip.open(SAMPLE, "rb") as lines:
+        report = replay_lines(lines, default_journeys, close_open=True).report
+    assert report.signals_refused == 0
+    assert report.records  # and the sample does show alerts and tier changes

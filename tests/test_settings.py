@@ -24,7 +24,7 @@ def test_namespaced_settings_share_no_topic_or_group() -> None:
     base = Settings()
     a, b = base.namespaced("a"), base.namespaced("b")
     topics = [n for n in base.model_dump() if n.startswith("topic_")]
-    assert len(topics) == 7
+    assert len(topics) == 10  # 4 inputs, triggers, dlq, health, profiles, ticks, signals
     for name in topics:
         assert getattr(a, name) == f"a.{getattr(base, name)}"
         assert getattr(a, name) != getattr(b, name)

@@ -28,6 +28,10 @@ def cart(eid: str, minutes: float, user: str = "u1", **extra: object) -> bytes:
     return raw(event_id=eid, user_id=user, ts=T + int(minutes * MIN), page="cart", **extra)
 
 
+def checkout(eid: str, minutes: float, user: str = "u1") -> bytes:
+    return raw(event_id=eid, user_id=user, ts=T + int(minutes * MIN), page="checkout")
+
+
 def tick(minutes: float) -> bytes:
     return raw("group_chat", event_id=f"tick-{minutes}", user_id="clock", ts=T + int(minutes * MIN))
 
@@ -63,6 +67,22 @@ def test_holdout_users_get_no_trigger_but_are_recorded(cart_journeys: JourneySet
     published, result = run(rules(cart_journeys, holdout_percent=25.0), [dead])
     assert published == []
     assert result.report.withheld["dead_end", "holdout"] == 1
+
+
+def test_recovery_is_counted_per_group_for_live_uplift(cart_journeys: JourneySet) -> None:
+    """Drop-offs and returns, split into holdout and treated users: the uplift's two rates."""
+    users = [f"user-{n}" for n in range(60)]
+    holdout = {u for u in users if in_holdout(u, 25.0)}
+    back = users[::3]  # every third user comes back to checkout within the recovery window
+    lines = [cart(f"c-{u}", 0, user=u) for u in users] + [tick(45)]
+    lines += [checkout(f"back-{u}", 50, user=u) for u in back] + [tick(120)]
+    _, result = run(rules(cart_journeys, holdout_percent=25.0), lines)
+    recovery = result.report.recovery
+    assert recovery["holdout", "dropped_off"] == len(holdout)
+    assert recovery["treated", "dropped_off"] == len(users) - len(holdout)
+    assert recovery["holdout", "resolved"] == len(holdout & set(back))
+    assert recovery["treated", "resolved"] == len(set(back) - holdout)
+    assert 0 < len(holdout & set(back)) < len(back)  # both groups really occur
 
 
 def test_cooldown_per_journey(cart_journeys: JourneySet) -> None:

@@ -18,6 +18,7 @@ from linkwatch.journeys import load_journeys
 
 if TYPE_CHECKING:
     from linkwatch.settings import Settings
+    from linkwatch.signals import Published
 
 DEFAULT_SCHEMAS_DIR = Path("schemas")
 
@@ -48,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--journeys", type=Path, help="journeys TOML (default: built-in)")
     replay.add_argument("--out", help="write triggers here as JSON Lines (- for stdout)")
     replay.add_argument("--dead-letters", help="write rejected records here as JSON Lines")
+    replay.add_argument(
+        "--health", help="write link and community alerts here as JSON Lines (the health topic)"
+    )
+    replay.add_argument(
+        "--profiles", help="write lifecycle tier changes here as JSON Lines (the profiles topic)"
+    )
     replay.add_argument(
         "--close-open",
         action="store_true",
@@ -145,6 +152,14 @@ def _run_replay(args: argparse.Namespace) -> int:
             stack.enter_context(stream)
         triggers = JsonLinesWriter(args.out, stack) if args.out else None
         dead = JsonLinesWriter(args.dead_letters, stack) if args.dead_letters else None
+        health = JsonLinesWriter(args.health, stack) if args.health else None
+        profiles = JsonLinesWriter(args.profiles, stack) if args.profiles else None
+
+        def on_record(published: Published) -> None:
+            writer = health if published.topic == "health" else profiles
+            if writer is not None:
+                writer.write_record(published)
+
         lines = progress_lines(stream, underlying(stream), file_size(args.events))
         result = replay_lines(
             lines,
@@ -152,6 +167,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             source_name=args.events,
             on_trigger=triggers.write if triggers else None,
             on_dead_letter=dead.write if dead else None,
+            on_record=on_record,
             close_open=args.close_open,
         )
     elapsed = time.perf_counter() - started

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
+from linkwatch.engine import Transition
 from linkwatch.events import (
     ClickEvent,
     EventBase,
@@ -23,16 +24,17 @@ from linkwatch.events import (
     ShareEvent,
     parse_ts,
 )
+from linkwatch.journeys import JourneySet
 from linkwatch.signals import (
     ENTITY_LEVEL,
     EntityLogic,
     EntityOutput,
     Measure,
+    MetricSpec,
     Signal,
     member_hash,
     signal,
 )
-from linkwatch.suppression import Withheld
 from linkwatch.triggers import Trigger
 
 # The landing of a click failed (a dead end) from this HTTP-like status on.
@@ -67,6 +69,18 @@ class Features(NamedTuple):
     final_level: int
 
 
+def features_of(journeys: JourneySet) -> Features:
+    from linkwatch.fission import final_level
+
+    return Features(
+        links=journeys.links.enabled,
+        communities=journeys.communities.enabled,
+        fission=journeys.fission.enabled,
+        tiers=journeys.tiers.enabled,
+        final_level=final_level(journeys.fission),
+    )
+
+
 def derive_signals(outputs: Iterable[object], features: Features) -> list[Signal]:
     """The signals stage 1's outputs imply: from applied events and drop-off triggers, plus the
     signals the engine emitted itself (those that need the user's profile)."""
@@ -76,10 +90,9 @@ def derive_signals(outputs: Iterable[object], features: Features) -> list[Signal
             _event_signals(out, features, found)
         elif isinstance(out, Signal):
             found.append(out)
-        elif features.links:
-            trigger = out.record if isinstance(out, Withheld) else out
-            if isinstance(trigger, Trigger) and trigger.type == "dropoff":
-                _dropoff_signals(trigger, found)
+        elif features.links and isinstance(out, Transition) and out.trigger is not None:
+            # The drop-off as decided (its trigger may go out later, after quiet hours).
+            _dropoff_signals(out.trigger, found)
     return found
 
 
@@ -160,8 +173,10 @@ class EntityStage:
         self.store: MutableMapping[str, EntityRecord] = {} if store is None else store
         self.levels = tuple(sorted(levels))
         self.watermarks: dict[int, int | None] = dict.fromkeys(self.levels)
-        # Per level: (wake time, record key). Entries may be stale: popping one re-checks.
+        # Per level: (wake time, record key); `_due` holds each key's one valid entry, so
+        # superseded entries are skipped when popped.
         self._wakeups: dict[int, list[tuple[int, str]]] = {level: [] for level in self.levels}
+        self._due: dict[str, int] = {}
 
     def logic_of(self, entity: str) -> EntityLogic | None:
         return self.logics.get(entity.partition(":")[0])
@@ -183,9 +198,14 @@ class EntityStage:
             return Offered.DUPLICATE
         pending = tuple(sorted((*record.pending, sig), key=_signal_order))
         self.store[key] = EntityRecord(record.state, pending)
-        if pending[0] is sig:
-            heapq.heappush(self._wakeups[sig.level], (sig.ts, key))
+        due = self._due.get(key)
+        if due is None or sig.ts < due:
+            self._schedule(sig.level, key, sig.ts)
         return Offered.ACCEPTED
+
+    def _schedule(self, level: int, key: str, at: int) -> None:
+        self._due[key] = at
+        heapq.heappush(self._wakeups[level], (at, key))
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -199,8 +219,12 @@ class EntityStage:
         self.watermarks[level] = watermark
         outputs: list[EntityOutput] = []
         wakeups = self._wakeups[level]
+        due = self._due
         while wakeups and wakeups[0][0] <= watermark:
-            _, key = heapq.heappop(wakeups)
+            at, key = heapq.heappop(wakeups)
+            if due.get(key) != at:
+                continue  # superseded by an earlier entry for the same key
+            del due[key]
             record = self.store.get(key)
             if record is None:
                 continue
@@ -212,7 +236,7 @@ class EntityStage:
                 del self.store[key]
                 continue
             self.store[key] = EntityRecord(state, pending)
-            heapq.heappush(wakeups, (_next_time(logic, state, pending), key))
+            self._schedule(level, key, _next_time(logic, state, pending))
         return outputs
 
     @staticmethod
@@ -257,13 +281,16 @@ class EntityStage:
     def rebuild_index(self) -> None:
         """Recompute the wake-up index from the store (after a restart or rebalance)."""
         self._wakeups = {level: [] for level in self.levels}
+        self._due = {}
         for key, record in self.store.items():
             level_text, _, entity = key.partition("|")
             logic = self.logic_of(entity)
             level = int(level_text)
             if logic is None or level not in self._wakeups:
                 continue  # a logic since disabled: its entities are left to expire
-            self._wakeups[level].append((_next_time(logic, record.state, record.pending), key))
+            at = _next_time(logic, record.state, record.pending)
+            self._due[key] = at
+            self._wakeups[level].append((at, key))
         for heap in self._wakeups.values():
             heapq.heapify(heap)
 
@@ -311,3 +338,47 @@ def measures_total(outputs: Iterable[EntityOutput]) -> Mapping[tuple[str, tuple[
             key = (out.name, out.labels)
             totals[key] = totals.get(key, 0.0) + out.amount
     return totals
+
+
+# -- the logics, from configuration ----------------------------------------------------------
+
+
+def entity_logics(journeys: JourneySet) -> tuple[list[EntityLogic], list[int]]:
+    """The enabled entity logics and the levels they use."""
+    from linkwatch.communities import CommunityHealth
+    from linkwatch.fission import ShareAttribution, final_level
+    from linkwatch.links import LinkHealth
+    from linkwatch.tiers import Tiers
+
+    logics: list[EntityLogic] = []
+    levels = {ENTITY_LEVEL}
+    if journeys.links.enabled:
+        logics.append(LinkHealth(journeys.links))
+    if journeys.communities.enabled:
+        logics.append(CommunityHealth(journeys.communities))
+    final = final_level(journeys.fission)
+    if journeys.fission.enabled:
+        logics.append(ShareAttribution(journeys.fission))
+        levels.update(range(ENTITY_LEVEL, final))
+    if journeys.tiers.enabled:
+        logics.append(Tiers(journeys.tiers, final))
+        levels.add(final)
+    return logics, sorted(levels)
+
+
+def build_entity_stage(
+    journeys: JourneySet, store: MutableMapping[str, EntityRecord] | None = None
+) -> EntityStage | None:
+    """The entity stage for a configuration, or None when no entity logic is enabled."""
+    logics, levels = entity_logics(journeys)
+    if not logics:
+        return None
+    return EntityStage(logics, store, levels)
+
+
+def entity_metric_specs() -> list[MetricSpec]:
+    """Every metric any entity logic may measure (registered whether enabled or not, so
+    dashboards always find them)."""
+    from linkwatch import communities, fission, links, tiers
+
+    return [*links.METRICS, *communities.METRICS, *fission.METRICS, *tiers.METRICS]

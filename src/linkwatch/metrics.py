@@ -10,9 +10,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from linkwatch.commerce import CampaignLabels, measure_of, space_of
 from linkwatch.engine import Output, Transition, Verdict
+from linkwatch.entities import entity_metric_specs
 from linkwatch.errors import RejectReason
 from linkwatch.events import CHANNELS, Event, EventBase, PurchaseEvent
-from linkwatch.suppression import Withheld
+from linkwatch.profile import BotFlagged, FlaggedEvent
+from linkwatch.signals import Measure, Signal
+from linkwatch.suppression import Withheld, uplift_group
 from linkwatch.triggers import Resolution, Trigger
 
 KNOWN_CHANNELS: Final = frozenset(CHANNELS)
@@ -111,6 +114,14 @@ class Metrics:
             ["journey", "step", "cause"],
             registry=registry,
         )
+        self.recovery = Counter(
+            "linkwatch_recovery_total",
+            "Drop-offs and their resolutions by group: holdout (never messaged) or treated; "
+            "recovery rate per group = resolved / dropped_off, uplift = treated - holdout",
+            ["journey", "cause", "group", "outcome"],
+            registry=registry,
+        )
+        self.holdout_percent = 0.0  # of the journeys running (suppression's holdout)
         self.withheld = Counter(
             "linkwatch_triggers_withheld_total",
             "Triggers and resolutions suppression kept back, by type and reason "
@@ -140,6 +151,34 @@ class Metrics:
             registry=registry,
         )
         self._active_counts: dict[str, int] = {}
+        self.flagged_events = Counter(
+            "linkwatch_flagged_events_total",
+            "Applied events of users flagged as fake traffic (kept out of journeys, triggers "
+            "and commerce), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.bot_flags = Counter(
+            "linkwatch_bot_flags_total",
+            "Users flagged as fake traffic (a bot-like click burst)",
+            registry=registry,
+        )
+        self.signals_refused = Counter(
+            "linkwatch_signals_refused_total",
+            "Signals the entity stage did not apply: redelivered (duplicate) or late",
+            ["reason"],
+            registry=registry,
+        )
+        # What the entity logics measure (links, communities, fission, tiers).
+        self.entity_metrics: dict[str, Counter | Gauge] = {}
+        for spec in entity_metric_specs():
+            kind = Counter if spec.type == "counter" else Gauge
+            name = f"linkwatch_{spec.name}"
+            if spec.type == "counter":
+                name = name.removesuffix("_total")  # the client adds it back
+            self.entity_metrics[spec.name] = kind(
+                name, spec.help, list(spec.labels), registry=registry
+            )
 
     def count_event(self, event: Event, verdict: Verdict) -> None:
         channel = event.channel if event.channel in KNOWN_CHANNELS else "other"
@@ -161,6 +200,14 @@ class Metrics:
         if isinstance(event, PurchaseEvent):
             self.revenue.labels(*labels, event.currency).inc(float(event.amount))
 
+    def count_measures(self, measures: Iterable[Measure]) -> None:
+        for measure in measures:
+            metric = self.entity_metrics.get(measure.name)
+            if metric is None:
+                continue  # not declared by its logic: a bug, but not worth a stopped stream
+            child = metric.labels(*measure.labels) if measure.labels else metric
+            child.inc(measure.amount)
+
     def count_rejected(self, reason: RejectReason) -> None:
         self.rejected.labels(reason.value).inc()
 
@@ -172,8 +219,23 @@ class Metrics:
                 self.triggers.labels(out.type).inc()
             elif isinstance(out, Resolution):
                 self.resolutions.labels(out.journey, out.missed_step, out.cause.value).inc()
+                self.recovery.labels(out.journey, out.cause.value, "treated", "resolved").inc()
             elif isinstance(out, Withheld):
-                self.withheld.labels(out.record.type, out.reason).inc()
+                record = out.record
+                self.withheld.labels(record.type, out.reason).inc()
+                if isinstance(record, Resolution):
+                    group = "holdout" if out.reason == "holdout" else "treated"
+                    cause = record.cause.value
+                    self.recovery.labels(record.journey, cause, group, "resolved").inc()
+                elif out.reason == "resolved_while_held" and record.journey:
+                    # Back before the quiet hours ended: recovered, just never messaged.
+                    cause = record.cause.value
+                    self.recovery.labels(record.journey, cause, "treated", "resolved").inc()
+            elif isinstance(out, FlaggedEvent | BotFlagged | Signal):  # signals: the entity stage
+                if isinstance(out, FlaggedEvent):
+                    self.flagged_events.labels(out.event.kind).inc()
+                elif isinstance(out, BotFlagged):
+                    self.bot_flags.inc()
             else:
                 self._count_transition(out)
 
@@ -195,6 +257,9 @@ class Metrics:
             self._add_active(t.journey, -1)
         else:
             self.dropped.labels(t.journey, t.step, t.cause or "").inc()
+            if t.trigger is not None:
+                group = uplift_group(t.trigger.user_id, self.holdout_percent)
+                self.recovery.labels(t.journey, t.cause or "", group, "dropped_off").inc()
             self._add_active(t.journey, -1)
 
     def _add_active(self, journey: str, delta: int) -> None:

@@ -13,18 +13,22 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 import orjson
+from pydantic import BaseModel
 
 from linkwatch.codec import decode_event
 from linkwatch.deadletters import DeadLetter, FileSource
 from linkwatch.engine import JourneyEngine, Output
+from linkwatch.entities import Offered, build_entity_stage, derive_signals, features_of
 from linkwatch.errors import RecordRejected
 from linkwatch.journeys import JourneySet
 from linkwatch.partition import PartitionProcessor
 from linkwatch.report import Report
+from linkwatch.signals import Published
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
 
 TriggerSink = Callable[[TopicRecord], None]  # triggers and resolutions, as on the topic
 DeadLetterSink = Callable[[DeadLetter], None]
+RecordSink = Callable[[Published], None]  # health and profile records, as on their topics
 
 
 @dataclass
@@ -47,13 +51,19 @@ def replay_lines(
     source_name: str = "-",
     on_trigger: TriggerSink | None = None,
     on_dead_letter: DeadLetterSink | None = None,
+    on_record: RecordSink | None = None,
     close_open: bool = False,
 ) -> ReplayResult:
-    """Decode and process every line; hand triggers and dead letters to the sinks."""
+    """Decode and process every line; hand triggers, health and profile records and dead
+    letters to the sinks."""
     processor = PartitionProcessor(JourneyEngine(journeys))
     report = Report(journeys)
     process = processor.process
     count_outputs = report.count_outputs
+    # The entity stage follows the journey engine's watermark (see `entities`).
+    entities = build_entity_stage(journeys)
+    features = features_of(journeys)
+    moved_to: int | None = None  # the watermark the entity stage last ran to
 
     def emit(outputs: list[Output]) -> None:
         count_outputs(outputs)
@@ -61,6 +71,23 @@ def replay_lines(
             for out in outputs:
                 if isinstance(out, Trigger | Resolution):
                     on_trigger(out)
+        if entities is not None:
+            for sig in derive_signals(outputs, features):
+                if entities.offer(sig) is not Offered.ACCEPTED:
+                    report.signals_refused += 1
+
+    def run_entities() -> None:
+        nonlocal moved_to
+        watermark = processor.watermark
+        if entities is None or watermark is None or watermark == moved_to:
+            return
+        moved_to = watermark
+        produced = entities.run(watermark)
+        report.count_entity_outputs(produced)
+        if on_record is not None:
+            for out in produced:
+                if isinstance(out, Published):
+                    on_record(out)
 
     read = 0
     for line_no, raw_line in enumerate(lines, start=1):
@@ -80,8 +107,10 @@ def replay_lines(
         report.count_event(event, result.verdict)
         if result.outputs:
             emit(result.outputs)
+        run_entities()
     report.read = read
     emit(processor.flush(close_open=close_open))
+    run_entities()
     for journey, step in processor.open_instances():
         report.open[journey, step] += 1
     return ReplayResult(report, processor)
@@ -108,8 +137,11 @@ class JsonLinesWriter:
         else:
             self._out = stack.enter_context(open(path, "wb"))  # noqa: SIM115
 
-    def write(self, model: TopicRecord | DeadLetter) -> None:
+    def write(self, model: BaseModel) -> None:
         self._out.write(orjson.dumps(model.model_dump(mode="json")) + b"\n")
+
+    def write_record(self, published: Published) -> None:
+        self.write(published.record)
 
 
 def file_size(path: str) -> int | None:

@@ -13,7 +13,9 @@ from linkwatch.engine import Output, Transition, Verdict
 from linkwatch.errors import RejectReason
 from linkwatch.events import Event, EventBase
 from linkwatch.journeys import JourneySet
-from linkwatch.suppression import Withheld
+from linkwatch.profile import BotFlagged, FlaggedEvent
+from linkwatch.signals import EntityOutput, Measure, Published, Signal
+from linkwatch.suppression import Withheld, uplift_group
 from linkwatch.triggers import Resolution, Trigger
 
 
@@ -38,6 +40,13 @@ class Report:
     commerce: Commerce = field(default_factory=Commerce)
     withheld: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
     retired: Counter[str] = field(default_factory=Counter)  # journey removed by a reload
+    recovery: Counter[tuple[str, str]] = field(default_factory=Counter)  # (group, outcome)
+    # The entity stage: records published (topic, type, status) and measure totals.
+    records: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    measures: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    signals_refused: int = 0  # redelivered or late signals (none expected offline)
+    # Fake traffic: applied events of flagged users, by kind, and users flagged.
+    flagged: Counter[str] = field(default_factory=Counter)
 
     def count_event(self, event: Event, verdict: Verdict) -> None:
         self.valid += 1
@@ -57,10 +66,30 @@ class Report:
                 self.triggers[out.type] += 1
             elif isinstance(out, Resolution):
                 self.resolved[out.journey, out.missed_step] += 1
+                self.recovery["treated", "resolved"] += 1
             elif isinstance(out, Withheld):
                 self.withheld[out.record.type, out.reason] += 1
+                if isinstance(out.record, Resolution):
+                    group = "holdout" if out.reason == "holdout" else "treated"
+                    self.recovery[group, "resolved"] += 1
+                elif out.reason == "resolved_while_held":  # back before the quiet hours ended
+                    self.recovery["treated", "resolved"] += 1
+            elif isinstance(out, FlaggedEvent | BotFlagged | Signal):  # signals: the entity stage
+                if not isinstance(out, Signal):
+                    self.flagged["users" if isinstance(out, BotFlagged) else out.event.kind] += 1
             else:
                 self._count_transition(out)
+
+    def count_entity_outputs(self, outputs: Iterable[EntityOutput]) -> None:
+        for out in outputs:
+            if isinstance(out, Published):
+                record = out.record
+                kind = str(getattr(record, "type", type(record).__name__))
+                status = str(getattr(record, "status", getattr(record, "tier", "")))
+                self.records[out.topic, kind, status] += 1
+            elif isinstance(out, Measure):
+                totals = self.measures.setdefault(out.name, {})
+                totals[out.labels] = totals.get(out.labels, 0.0) + out.amount
 
     def _count_transition(self, t: Transition) -> None:
         if t.outcome == "started":
@@ -76,6 +105,9 @@ class Report:
             self.retired[t.journey] += 1
         else:
             self.dropped[t.journey, t.step, t.cause or ""] += 1
+            if t.trigger is not None:
+                percent = self.journeys.suppression.holdout_percent
+                self.recovery[uplift_group(t.trigger.user_id, percent), "dropped_off"] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,9 +136,31 @@ class Report:
                 },
             },
             "triggers": dict(sorted(self.triggers.items())),
+            "fake_traffic": {
+                "users_flagged": self.flagged["users"],
+                "events_from_flagged_users": {
+                    kind: n for kind, n in sorted(self.flagged.items()) if kind != "users"
+                },
+            },
             "resolutions": sum(self.resolved.values()),
+            "recovery": {
+                group: {
+                    "dropped_off": self.recovery[group, "dropped_off"],
+                    "resolved": self.recovery[group, "resolved"],
+                }
+                for group in ("treated", "holdout")
+            },
             "withheld": {
                 f"{kind}/{reason}": n for (kind, reason), n in sorted(self.withheld.items())
+            },
+            "records": {
+                "/".join(part for part in key if part): n for key, n in sorted(self.records.items())
+            },
+            "measures": {
+                name: {
+                    "/".join(labels) or "-": round(total, 6) for labels, total in sorted(t.items())
+                }
+                for name, t in sorted(self.measures.items())
             },
             "journeys": {
                 j.name: {
@@ -143,10 +197,29 @@ class Report:
             lines.append(f"rejected by reason: {reasons}")
         trig = ", ".join(f"{t} {n:,}" for t, n in data["triggers"].items()) or "none"
         lines.append(f"triggers: {trig}; resolutions (users who came back) {data['resolutions']:,}")
+        rates = [
+            f"{group} {r['resolved']:,}/{r['dropped_off']:,} "
+            f"({r['resolved'] / r['dropped_off']:.1%})"
+            for group, r in data["recovery"].items()
+            if r["dropped_off"]
+        ]
+        if rates:
+            lines.append("recovery (resolved / dropped off): " + ", ".join(rates))
         if data["withheld"]:
             held_back = ", ".join(f"{k} {n:,}" for k, n in data["withheld"].items())
             lines.append(f"withheld by suppression (not published): {held_back}")
+        fake = data["fake_traffic"]
+        if fake["users_flagged"]:
+            flagged_events = sum(fake["events_from_flagged_users"].values())
+            lines.append(
+                f"fake traffic: users flagged {fake['users_flagged']:,}; events from flagged "
+                f"users {flagged_events:,} (counted, kept out of journeys and commerce)"
+            )
         lines.extend(self._render_commerce(data["commerce"]))
+        if data["records"]:
+            lines.append("")
+            lines.append("health and profile records published:")
+            lines.extend(f"  {key:<40}{n:>9,}" for key, n in data["records"].items())
         for name, jdata in data["journeys"].items():
             started = jdata["started"]
             rate = f"{jdata['converted'] / started:.1%}" if started else "-"

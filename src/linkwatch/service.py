@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import faust
@@ -35,12 +35,24 @@ from prometheus_client import CollectorRegistry
 from linkwatch.codec import decode_event
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.engine import JourneyEngine, Output
+from linkwatch.entities import (
+    EntityStage,
+    Features,
+    Offered,
+    build_entity_stage,
+    derive_signals,
+    features_of,
+)
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import parse_ts
+from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
+from linkwatch.live_entities import LiveEntities, send_marks, send_signals
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
+from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
+from linkwatch.signals import ENTITY_LEVEL
 from linkwatch.store import PartitionStore, load_partitions
 from linkwatch.triggers import Resolution, Trigger
 
@@ -70,6 +82,7 @@ class LiveJourneys:
     triggers_topic: Any
     dlq_topic: Any
     engine: JourneyEngine = field(init=False)
+    shapes: Shapes = field(init=False)  # of `journeys`: stored with each partition's progress
     kind_of_topic: dict[str, str] = field(init=False)
     processors: dict[int, PartitionProcessor] = field(default_factory=dict)
     stores: dict[int, PartitionStore] = field(default_factory=dict)
@@ -77,10 +90,27 @@ class LiveJourneys:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     highwater: Any = None  # (TP) -> next offset to be written; set once the consumer exists
     assigned: Callable[[], set[int]] | None = None  # partitions this worker owns now
+    signals_topic: Any = None  # where signals for the entity stage go (None: no entity stage)
+    features: Features = field(init=False)
+    marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
+        self.shapes = shapes_of(self.journeys)
+        self.features = features_of(self.journeys)
         self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
+
+    def reload(self, journeys: JourneySet) -> None:
+        """Run `journeys` from now on. Each loaded partition switches in its own event context,
+        at the start of its next record or tick (`on_event`); partitions loaded later start
+        with them."""
+        if self.settings.allowed_lateness is not None:
+            lateness = parse_duration(self.settings.allowed_lateness)
+            journeys = replace(journeys, allowed_lateness_ms=lateness)
+        self.journeys = journeys
+        self.engine = JourneyEngine(journeys)
+        self.shapes = shapes_of(journeys)
+        self.metrics.holdout_percent = journeys.suppression.holdout_percent
 
     # -- partitions ------------------------------------------------------------------------
 
@@ -107,6 +137,13 @@ class LiveJourneys:
             progress = self.watermarks.get(str(number).encode())
             saved = orjson.loads(progress) if progress else {}
             processor.restore(saved.get("watermark"), saved.get("sources", {}), now)
+            # States written under other journeys (before a restart, or by a worker that had
+            # not reloaded yet) give up what the current ones removed or changed.
+            written_under = load_shapes(saved["journeys"]) if "journeys" in saved else None
+            retired = processor.reconfigure(self.engine, since=written_under)
+            if retired:
+                self.metrics.count_outputs(retired)
+                log.info("partition %d: %d open instances retired", number, len(retired))
             self.processors[number] = processor
             self.stores[number] = store
             log.info(
@@ -140,6 +177,9 @@ class LiveJourneys:
         partition = message.partition
         now = wall_ms()
         processor = self.processor(partition, now)
+        # Reloaded journeys take over here, where this partition's state may be written.
+        reconfigured = processor.engine is not self.engine
+        retired = self._reconfigure(partition, processor) if reconfigured else []
         kind = self.kind_of_topic.get(message.topic)
         self.offsets[message.topic, partition] = message.offset
         backlog = self._backlog_of(partition, message.tp)
@@ -147,13 +187,48 @@ class LiveJourneys:
             outputs = processor.on_tick(now, backlog)
         else:
             outputs = await self._on_record(processor, kind, message, now, backlog)
+        if retired:
+            outputs = [*retired, *outputs]
         if outputs:
             self.metrics.count_outputs(outputs)
             await self._publish(outputs, now)
+            if self.signals_topic is not None:
+                await send_signals(self.signals_topic.send, derive_signals(outputs, self.features))
         # Only now, with every trigger delivered, may the state that produced them be written.
         self.stores[partition].flush()
         if kind is None:
             self._save_progress(partition, processor, now)
+            await self._mark(partition, processor, now)
+        elif reconfigured:  # the progress names the journeys the states now follow
+            self._save_progress(partition, processor, now)
+
+    def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
+        retired = processor.reconfigure(self.engine)
+        log.info(
+            "partition %d now runs the reloaded journeys: %d open instances retired",
+            partition,
+            len(retired),
+        )
+        return retired
+
+    async def _mark(self, partition: int, processor: PartitionProcessor, now: int) -> None:
+        """Tell the entity stage how far this partition's signals are complete: everything up
+        to the watermark has been applied, and its signals delivered."""
+        if self.signals_topic is None:
+            return
+        watermark = processor.watermark
+        if watermark is None and processor.max_ts is None:
+            # A partition that has never seen an event must not hold every entity back
+            # forever: once idle for the idle timeout it vouches for the wall clock.
+            idle = self.settings.idle_timeout_ms
+            started = processor.started_at or now
+            watermark = now - idle if now - started >= idle else None
+        if watermark is None or watermark <= self.marked.get(partition, watermark - 1):
+            return
+        await send_marks(
+            self.signals_topic.send, self.settings.partitions, ENTITY_LEVEL, partition, watermark
+        )
+        self.marked[partition] = watermark
 
     async def _on_record(
         self,
@@ -260,6 +335,11 @@ class LiveJourneys:
                     for name, clock in processor.sources.items()
                     if clock.max_ts is not None
                 },
+                "journeys": dump_shapes(
+                    self.shapes
+                    if processor.engine is self.engine
+                    else shapes_of(processor.engine.journeys)  # a reload came mid-record
+                ),
             }
         )
 
@@ -270,6 +350,7 @@ class LinkWatchApp:
     live: LiveJourneys
     registry: CollectorRegistry
     settings: Settings
+    entities: LiveEntities | None = None
 
     def ready(self) -> bool:
         """Partitions assigned, tables recovered, not in the middle of a rebalance."""
@@ -322,29 +403,21 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    metrics.holdout_percent = journeys.suppression.holdout_percent
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
     inputs = app.topic(*settings.input_topics.values(), settings.topic_ticks, **RAW)
     ticks = app.topic(settings.topic_ticks, partitions=settings.partitions, **RAW)
     triggers = app.topic(settings.topic_triggers, partitions=settings.partitions, **RAW)
     dlq = app.topic(settings.topic_dlq, partitions=settings.partitions, **RAW)
-    # bytes key and value types make Faust use the raw codec for the changelog.
-    states = app.Table(
-        "states",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="Per-user journey state",
-    )
-    watermarks = app.Table(
-        "watermarks",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="Per-partition progress",
-    )
+    states = _bytes_table(app, settings, "states", "Per-user journey state")
+    watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
+    entities = _entity_stage(app, settings, journeys, metrics, watermarks)
+    if entities is not None:
+        live.signals_topic = entities.signals_topic
+        linkwatch.entities = entities.live
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
@@ -358,9 +431,21 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
 
     app.timer(interval=settings.tick_interval_s)(send_ticks)
 
+    if settings.journeys_file is not None and settings.reload_interval > 0:
+        watcher = JourneysWatcher(settings.journeys_file, journeys, live.reload, registry)
+
+        async def watch_journeys() -> None:
+            watcher.poll()
+
+        app.timer(interval=settings.reload_interval)(watch_journeys)
+
     async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", set())
         live.forget({tp.partition for tp in revoked if tp.topic == settings.topic_ticks})
+        if entities is not None:
+            entities.live.forget(
+                {tp.partition for tp in revoked if tp.topic == settings.topic_signals}
+            )
 
     async def on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.partitions.set(len(linkwatch.assigned_partitions()))
@@ -379,6 +464,75 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     return linkwatch
+
+
+@dataclass
+class _EntityWiring:
+    live: LiveEntities
+    signals_topic: Any
+
+
+def _entity_stage(
+    app: faust.App,
+    settings: Settings,
+    journeys: JourneySet,
+    metrics: Metrics,
+    progress: Any,
+) -> _EntityWiring | None:
+    """The entity stage's topic, table and agent, when any entity logic is enabled."""
+    if build_entity_stage(journeys, {}) is None:
+        return None
+    signals = app.topic(settings.topic_signals, partitions=settings.partitions, **RAW)
+    health = app.topic(settings.topic_health, partitions=settings.partitions, **RAW)
+    profiles = app.topic(settings.topic_profiles, partitions=settings.partitions, **RAW)
+    records = _bytes_table(
+        app,
+        settings,
+        "entities",
+        "Per-entity aggregates: links, campaigns, groups, shares, sharers",
+    )
+
+    def new_stage(store: Any) -> EntityStage:
+        stage = build_entity_stage(journeys, store)
+        assert stage is not None
+        return stage
+
+    def offered(verdict: Offered) -> None:
+        if verdict is not Offered.ACCEPTED:
+            metrics.signals_refused.labels(verdict.value).inc()
+
+    live = LiveEntities(
+        new_stage=new_stage,
+        partitions=settings.partitions,
+        records=records,
+        progress=progress,
+        send_signal=signals.send,
+        send_health=health.send,
+        send_profile=profiles.send,
+        on_measures=metrics.count_measures,
+        on_offered=offered,
+    )
+
+    @app.agent(signals, name="linkwatch.entities")
+    async def entities_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                await live.on_message(message.partition, message.value)
+            except Exception:  # a bug must cost one signal, not the stream
+                log.exception(
+                    "signal %s/%d@%d failed", message.topic, message.partition, message.offset
+                )
+
+    return _EntityWiring(live, signals)
+
+
+def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
+    """A table of raw bytes (bytes key and value types make Faust use the raw codec for its
+    changelog); we encode the values ourselves."""
+    return app.Table(
+        name, partitions=settings.partitions, key_type=bytes, value_type=bytes, help=help
+    )
 
 
 def _credentials(settings: Settings) -> Any:

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     topic_ticks: str = Field(
         default="linkwatch.ticks", description="Internal: timer ticks that drive deadlines"
     )
+    topic_signals: str = Field(
+        default="linkwatch.signals",
+        description="Internal: signals about links, groups and shares, keyed by entity",
+    )
+    topic_health: str = Field(
+        default="linkwatch.health", description="Link and community alerts (health signals)"
+    )
+    topic_profiles: str = Field(
+        default="linkwatch.profiles", description="Lifecycle tier changes (profile updates)"
+    )
     partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of every topic")
     replication_factor: int = Field(default=1, ge=1)
 
@@ -50,6 +60,11 @@ class Settings(BaseSettings):
     store: str = Field(default="memory://", description="memory:// or rocksdb://")
     data_dir: Path = Field(default=Path("linkwatch-data"), description="State directory")
     journeys_file: Path | None = Field(default=None, description="Journeys TOML (built-in)")
+    reload_interval: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between checks of the journeys file for changes; 0: never reload",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     allowed_lateness: str | None = Field(

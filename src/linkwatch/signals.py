@@ -98,9 +98,9 @@ class EntityLogic(Protocol):
       - `wake(entity, state, at)` when the watermark reaches `at = next_wake(state)`, after every
         signal with ts < at and before any signal with ts >= at.
     `next_wake` of a returned state must be later than the time just handled (the signal's
-    ts, or `at`): time never runs backwards. Every state kept has a next wake (at the latest, when it is to be forgotten: `wake` then
-    returns state None), so no entity lives forever. The state must round-trip through
-    `dump`/`load` (JSON-safe), since live it is persisted."""
+    ts, or `at`): time never runs backwards. Every state kept has a next wake (at the latest,
+    when it is to be forgotten: `wake` then returns state None), so no entity lives forever.
+    The state must round-trip through `dump`/`load` (JSON-safe), since live it is persisted."""
 
     prefixes: tuple[str, ...]
 

@@ -1,14 +1,15 @@
-"""Per-user states of one partition, backed by a Faust table (changelog-replicated).
+"""Per-key states of one partition (users, or entities), backed by a Faust table
+(changelog-replicated).
 
 A write-back cache: the engine reads and writes decoded states in memory; `flush` writes the
-users changed since the last flush to the table. The service flushes only after the triggers
-those changes produced have been delivered, so a durable state never implies a lost trigger.
+keys changed since the last flush to the table. The service flushes only after the outputs
+those changes produced have been delivered, so a durable state never implies a lost output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Any, Generic, Protocol, TypeVar
 
 from linkwatch.state import UserState, dump_state, load_state
 
@@ -22,22 +23,31 @@ class BytesTable(Protocol):
     def items(self) -> Iterable[tuple[Any, Any]]: ...
 
 
-class PartitionStore(MutableMapping[str, UserState]):
-    """All users of one partition, decoded; changes are written to the table on `flush`."""
+V = TypeVar("V")
+# (key, value, partition) → the bytes stored; the partition is kept in the value so that
+# recovered states can be grouped by partition whatever partitioner the producers used.
+Encoder = Callable[[str, V, int], bytes]
 
-    def __init__(self, table: BytesTable, partition: int, states: dict[str, UserState]) -> None:
+
+class WriteBackStore(MutableMapping[str, V], Generic[V]):
+    """All values of one partition, decoded; changes are written to the table on `flush`."""
+
+    def __init__(
+        self, table: BytesTable, partition: int, states: dict[str, V], encode: Encoder[V]
+    ) -> None:
         self._table = table
         self.partition = partition
         self._states = states
+        self._encode = encode
         self._dirty: set[str] = set()
 
-    def __getitem__(self, user_id: str) -> UserState:
+    def __getitem__(self, user_id: str) -> V:
         return self._states[user_id]
 
     def get(self, user_id: str, default: Any = None) -> Any:
         return self._states.get(user_id, default)
 
-    def __setitem__(self, user_id: str, state: UserState) -> None:
+    def __setitem__(self, user_id: str, state: V) -> None:
         self._states[user_id] = state
         self._dirty.add(user_id)
 
@@ -56,13 +66,13 @@ class PartitionStore(MutableMapping[str, UserState]):
         return len(self._dirty)
 
     def flush(self) -> int:
-        """Write changed users to the table (must run in the partition's event context)."""
+        """Write changed keys to the table (must run in the partition's event context)."""
         written = 0
         for user_id in self._dirty:
             key = user_id.encode()
             state = self._states.get(user_id)
             if state is not None:
-                self._table[key] = dump_state(state, self.partition)
+                self._table[key] = self._encode(user_id, state, self.partition)
             elif key in self._table:
                 del self._table[key]
             written += 1
@@ -70,16 +80,31 @@ class PartitionStore(MutableMapping[str, UserState]):
         return written
 
 
+class PartitionStore(WriteBackStore[UserState]):
+    """All users of one partition."""
+
+    def __init__(self, table: BytesTable, partition: int, states: dict[str, UserState]) -> None:
+        super().__init__(table, partition, states, _encode_user)
+
+
+def _encode_user(user_id: str, state: UserState, partition: int) -> bytes:
+    return dump_state(state, partition)
+
+
 def load_partitions(
-    table: BytesTable, partitions: Iterable[int]
-) -> dict[int, dict[str, UserState]]:
-    """Decode every recovered state of the given partitions, in one pass over the table."""
+    table: BytesTable,
+    partitions: Iterable[int],
+    decode: Callable[[str, bytes], tuple[int, V]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Decode every recovered value of the given partitions, in one pass over the table
+    (by default user states)."""
     wanted = set(partitions)
-    loaded: dict[int, dict[str, UserState]] = {p: {} for p in wanted}
+    loaded: dict[int, dict[str, Any]] = {p: {} for p in wanted}
     for key, raw in table.items():
         if raw is None:
             continue
-        partition, state = load_state(raw)
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        partition, state = decode(name, raw) if decode is not None else load_state(raw)
         if partition in wanted:
-            loaded[partition][key.decode() if isinstance(key, bytes) else str(key)] = state
+            loaded[partition][name] = state
     return loaded

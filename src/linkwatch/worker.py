@@ -28,9 +28,12 @@ async def prepare_topics(settings: Settings) -> int:
     from linkwatch.topics import ensure_topics
 
     inputs = list(settings.input_topics.values())
-    names = [*inputs, settings.topic_ticks, settings.topic_triggers, settings.topic_dlq]
+    internal = [settings.topic_ticks, settings.topic_signals]
+    outputs = [settings.topic_triggers, settings.topic_dlq, settings.topic_health]
+    names = [*inputs, *internal, *outputs, settings.topic_profiles]
     counts = await ensure_topics(settings, names, settings.partitions)
-    input_counts = {name: counts[name] for name in [*inputs, settings.topic_ticks]}
+    # The entity stage's marks assume as many signal partitions as input partitions.
+    input_counts = {name: counts[name] for name in [*inputs, *internal]}
     if len(set(input_counts.values())) != 1:
         layout = ", ".join(f"{name}={count}" for name, count in input_counts.items())
         raise TopicLayoutError(

@@ -7,6 +7,7 @@ import base64
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from linkwatch.journeys import load_journeys
 from linkwatch.produce import produce
 from linkwatch.replay import replay_lines
 from linkwatch.settings import Settings
+from linkwatch.signals import Published
 from linkwatch.simulate import generate
 from linkwatch.topics import ensure_topics
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
@@ -34,18 +36,36 @@ START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes ev
 FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
 
 
-def oracle(lines: list[bytes]) -> tuple[list[TopicRecord], list[DeadLetter]]:
-    """What replay gives: triggers and resolutions (as on the topic), and dead letters."""
+class Oracle(NamedTuple):
+    """What replay gives: triggers and resolutions (as on the topic), dead letters, and
+    health and profile records (as JSON, by topic)."""
+
+    triggers: list[TopicRecord]
+    dead: list[DeadLetter]
+    records: dict[str, Counter[bytes]]
+
+
+def oracle(lines: list[bytes]) -> Oracle:
     triggers: list[TopicRecord] = []
     dead: list[DeadLetter] = []
+    records: dict[str, Counter[bytes]] = {"health": Counter(), "profiles": Counter()}
+
+    def on_record(published: Published) -> None:
+        records[published.topic][canonical(published.record.model_dump(mode="json"))] += 1
+
     replay_lines(
         lines,
         load_journeys(),
         on_trigger=triggers.append,
         on_dead_letter=dead.append,
+        on_record=on_record,
         close_open=True,  # the live worker ends there once idle partitions follow the clock
     )
-    return triggers, dead
+    return Oracle(triggers, dead, records)
+
+
+def canonical(record: Any) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 async def prepare(settings: Settings) -> None:
@@ -69,9 +89,10 @@ async def send_raw(settings: Settings, topic: str, key: bytes | None, value: byt
 
 def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path: Path) -> None:
     settings = kafka_settings.model_copy(update=FAST)
-    lines = list(generate(users=5600, seed=11, start_ms=START, bad_ratio=0.01))
+    lines = list(generate(users=3400, seed=11, start_ms=START, bad_ratio=0.01))
     assert len(lines) >= 20_000
-    expected, dead = oracle(lines)
+    expected, dead, records = oracle(lines)
+    assert all(records.values()), "the sample shows link alerts and tier changes"
     run(prepare(settings))
     # Two records only a live worker can reject: wrong topic for the kind, wrong key.
     click = orjson.loads(next(line for line in lines if b'"kind":"click"' in line))
@@ -89,9 +110,17 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
             return sum_metric(worker.metrics(), "linkwatch_triggers_total") >= len(expected_ids)
 
         assert wait_for(all_fired, timeout=240), worker.tail_log()
+
+        def all_recorded() -> bool:
+            published = run(read_topic(settings, settings.topic_profiles))
+            return len(published) >= sum(records["profiles"].values())
+
+        assert wait_for(all_recorded, timeout=420), worker.tail_log()
         time.sleep(2)  # anything extra would show up now
         metrics = worker.metrics()
         live = run(read_topic(settings, settings.topic_triggers))
+        health = run(read_topic(settings, settings.topic_health))
+        profiles = run(read_topic(settings, settings.topic_profiles))
         letters = [orjson.loads(v) for _, v in run(read_topic(settings, settings.topic_dlq))]
         assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
 
@@ -100,6 +129,10 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     assert len(ids) == len(set(ids))  # nothing sent twice in a clean run
     assert set(resolution_ids(live)) == expected_resolutions
     assert len(expected_resolutions) > 0
+    # The entity stage, spread over partitions and fed by marks, decides as replay does.
+    assert Counter(canonical(orjson.loads(v)) for _, v in health) == records["health"]
+    assert Counter(canonical(orjson.loads(v)) for _, v in profiles) == records["profiles"]
+    assert sum_metric(metrics, "linkwatch_signals_refused_total") == 0
     # Dead letters: one for one with the bad records, plus the two live-only rejections.
     expected_raw = Counter(d.original_bytes() for d in dead) + Counter([wrong_topic, wrong_key])
     assert Counter(base64.b64decode(d["raw"]) for d in letters) == expected_raw

@@ -1,0 +1,204 @@
+"""The entity stage live: an agent on the signals topic, around the pure `EntityStage`.
+
+    journeys agent (stage 1, partition p) ──signals, keyed by entity──> signals [q]
+                                          ──mark (level 2, from p, W)──> every signals [q]
+    entities agent (partition q) ──records──> health / profiles topics
+                                 ──signals of level k+1──> signals [r]
+                                 ──mark (level k+1, from q, W)──> every signals [r]
+
+A level's watermark in partition q is the minimum of the latest marks of every partition
+feeding it (stage 1's for level 2, the entity partitions' for higher levels). A partition
+sends its signals before the mark that covers them, and both go to the same topic partition,
+so when the mark arrives every signal it covers has arrived: the entity stage never decides
+before its inputs are in, however partitions lag each other.
+
+Delivery follows the journeys agent: outputs are delivered before the state that produced
+them is written, and marks are sent last. A crash repeats signals (same id: recognised while
+buffered, or refused as late once applied) and records (same id), never loses them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from linkwatch.entities import (
+    EntityRecord,
+    EntityStage,
+    Offered,
+    dump_record,
+    dump_signal,
+    load_record,
+    load_signal,
+)
+from linkwatch.signals import EntityOutput, Measure, Published, Signal
+from linkwatch.store import BytesTable, WriteBackStore, load_partitions
+
+log = logging.getLogger("linkwatch.entities")
+
+Send = Callable[..., Awaitable[Any]]  # a Faust topic's `send`
+
+
+def mark_message(level: int, source: int, watermark: int) -> bytes:
+    return orjson.dumps({"mark": level, "from": source, "watermark": watermark})
+
+
+def signal_message(sig: Signal) -> bytes:
+    return orjson.dumps(dump_signal(sig))
+
+
+async def send_signals(send: Send, signals: Iterable[Signal]) -> None:
+    """Publish signals keyed by entity, and wait until the broker has them all."""
+    pending = [
+        await send(key=sig.entity.encode(), value=signal_message(sig), force=True)
+        for sig in signals
+    ]
+    for future in pending:
+        await future
+
+
+async def send_marks(send: Send, partitions: int, level: int, source: int, watermark: int) -> None:
+    """Tell every entity partition that `source` has sent everything of `level` up to
+    `watermark`."""
+    value = mark_message(level, source, watermark)
+    pending = [
+        await send(key=None, value=value, partition=q, force=True) for q in range(partitions)
+    ]
+    for future in pending:
+        await future
+
+
+@dataclass
+class LiveEntities:
+    new_stage: Callable[[MutableMapping[str, EntityRecord]], EntityStage]  # over a store
+    partitions: int  # of the signals topic, and of stage 1 (co-partitioned)
+    records: BytesTable  # faust Table: record key → [partition, record]
+    progress: Any  # faust Table (the watermarks table): b"entities:<q>" → marks JSON
+    send_signal: Send
+    send_health: Send
+    send_profile: Send
+    on_measures: Callable[[list[Measure]], None]
+    on_offered: Callable[[Offered], None] = lambda _: None
+    stages: dict[int, EntityStage] = field(default_factory=dict)
+    stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
+    # partition → level → upstream partition → latest mark
+    marks: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)
+
+    def stage(self, partition: int) -> EntityStage:
+        found = self.stages.get(partition)
+        if found is None:
+            found = self._load(partition)
+        return found
+
+    def _load(self, partition: int) -> EntityStage:
+        probe = self.new_stage({})
+
+        def decode(key: str, raw: bytes) -> tuple[int, EntityRecord]:
+            owner, data = orjson.loads(raw)
+            logic = probe.logic_of(key.partition("|")[2])
+            if logic is None:  # its logic was switched off: let it go
+                return -1, EntityRecord(None, ())
+            return owner, load_record(logic, data)
+
+        records = load_partitions(self.records, {partition}, decode)[partition]
+        store: WriteBackStore[EntityRecord] = WriteBackStore(
+            self.records, partition, records, self._encoder(probe)
+        )
+        stage = self.new_stage(store)
+        saved = self.progress.get(f"entities:{partition}".encode())
+        progress = orjson.loads(saved) if saved else {}
+        for level, value in progress.get("watermarks", {}).items():
+            if int(level) in stage.watermarks:
+                stage.watermarks[int(level)] = value
+        self.marks[partition] = {
+            int(level): {int(source): mark for source, mark in sources.items()}
+            for level, sources in progress.get("marks", {}).items()
+        }
+        stage.rebuild_index()
+        self.stages[partition] = stage
+        self.stores[partition] = store
+        log.info("entity partition %d ready: %d entities", partition, len(records))
+        return stage
+
+    @staticmethod
+    def _encoder(probe: EntityStage) -> Callable[[str, EntityRecord, int], bytes]:
+        def encode(key: str, record: EntityRecord, partition: int) -> bytes:
+            logic = probe.logic_of(key.partition("|")[2])
+            assert logic is not None  # only entities with a logic are ever stored
+            return orjson.dumps([partition, dump_record(logic, record)])
+
+        return encode
+
+    def forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self.stages.pop(partition, None)
+            self.stores.pop(partition, None)
+            self.marks.pop(partition, None)
+
+    async def on_message(self, partition: int, value: bytes) -> None:
+        stage = self.stage(partition)
+        data = orjson.loads(value)
+        if isinstance(data, dict):
+            await self._on_mark(partition, stage, data)
+        else:
+            self.on_offered(stage.offer(load_signal(data)))
+            self.stores[partition].flush()
+
+    async def _on_mark(self, partition: int, stage: EntityStage, mark: dict[str, Any]) -> None:
+        level, source, watermark = int(mark["mark"]), int(mark["from"]), int(mark["watermark"])
+        if level not in stage.watermarks:
+            return
+        sources = self.marks.setdefault(partition, {}).setdefault(level, {})
+        if watermark <= sources.get(source, watermark - 1):
+            return  # a redelivered or older mark
+        sources[source] = watermark
+        if len(sources) < self.partitions:
+            self._save(partition, stage)
+            return  # someone upstream has not reported yet: nothing can be decided
+        target = min(sources.values())
+        current = stage.watermarks[level]
+        if current is not None and target <= current:
+            self._save(partition, stage)
+            return
+        outputs = stage.advance(level, target)
+        await self._deliver(outputs)
+        self.stores[partition].flush()  # only now: everything it caused is delivered
+        self._save(partition, stage)
+        higher = [lv for lv in stage.levels if lv > level]
+        if higher:
+            await send_marks(self.send_signal, self.partitions, higher[0], partition, target)
+
+    async def _deliver(self, outputs: list[EntityOutput]) -> None:
+        signals = [out for out in outputs if isinstance(out, Signal)]
+        measures = [out for out in outputs if isinstance(out, Measure)]
+        pending = []
+        for out in outputs:
+            if isinstance(out, Published):
+                send = self.send_health if out.topic == "health" else self.send_profile
+                pending.append(
+                    await send(
+                        key=out.key.encode(),
+                        value=orjson.dumps(out.record.model_dump(mode="json")),
+                        force=True,
+                    )
+                )
+        for future in pending:
+            await future
+        await send_signals(self.send_signal, signals)
+        if measures:
+            self.on_measures(measures)
+
+    def _save(self, partition: int, stage: EntityStage) -> None:
+        self.progress[f"entities:{partition}".encode()] = orjson.dumps(
+            {
+                "watermarks": {str(k): v for k, v in stage.watermarks.items() if v is not None},
+                "marks": {
+                    str(level): {str(s): m for s, m in sources.items()}
+                    for level, sources in self.marks.get(partition, {}).items()
+                },
+            }
+        )
