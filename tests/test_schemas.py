@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,34 @@ def test_dead_letters_can_say_where_in_kafka_they_came_from() -> None:
     validator("dead_letter").validate(letter.model_dump(mode="json"))
     again = DeadLetter.from_rejection(b"{}", rejection, source)
     assert letter.dead_letter_id == again.dead_letter_id
+
+
+OUTPUT_EXAMPLES = sorted((SCHEMAS / "examples" / "outputs").glob("*.json"))
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample-events.jsonl.gz"
+
+
+def test_there_is_an_output_example_for_every_output_record() -> None:
+    stems = {path.name.split(".")[0].split("-")[0] for path in OUTPUT_EXAMPLES}
+    outputs = {stem for stem, (_, mode) in SCHEMA_MODELS.items() if mode == "serialization"}
+    assert outputs - {"dead_letter"} <= stems
+
+
+def test_output_examples_are_valid_and_really_produced_by_the_sample(
+    default_journeys: JourneySet,
+) -> None:
+    """Each example validates against its schema, and is exactly what replaying the sample
+    produces: the documentation cannot drift from the product."""
+    produced: list[Any] = []
+    with gzip.open(SAMPLE, "rb") as lines:
+        replay_lines(
+            lines,
+            default_journeys,
+            on_trigger=lambda t: produced.append(t.model_dump(mode="json")),
+            on_record=lambda p: produced.append(p.record.model_dump(mode="json")),
+            close_open=True,
+        )
+    for path in OUTPUT_EXAMPLES:
+        stem = path.name.split(".")[0].split("-")[0]
+        example = orjson.loads(path.read_bytes())
+        validator(stem).validate(example)
+        assert example in produced, f"{path.name} is not an output of the sample"

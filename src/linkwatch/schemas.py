@@ -12,8 +12,11 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel
 
+from linkwatch.communities import CommunityAlert
 from linkwatch.deadletters import DeadLetter
 from linkwatch.events import ClickEvent, GroupChatEvent, PurchaseEvent, ShareEvent
+from linkwatch.links import LinkAlert
+from linkwatch.tiers import ProfileUpdate
 from linkwatch.triggers import Resolution, Trigger
 
 # file stem → (model, mode): inputs are described as accepted, outputs as produced.
@@ -25,6 +28,9 @@ SCHEMA_MODELS: Final[dict[str, tuple[type[BaseModel], str]]] = {
     "trigger": (Trigger, "serialization"),
     "resolution": (Resolution, "serialization"),
     "dead_letter": (DeadLetter, "serialization"),
+    "link_alert": (LinkAlert, "serialization"),
+    "community_alert": (CommunityAlert, "serialization"),
+    "profile_update": (ProfileUpdate, "serialization"),
 }
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 
