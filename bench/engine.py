@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from linkwatch.datasets import amplify, rees46_events
-from linkwatch.journeys import load_journeys
+from linkwatch.journeys import JourneySet, load_journeys
 from linkwatch.replay import replay_lines, tune_gc_for_throughput
 from linkwatch.simulate import generate
 
@@ -63,8 +64,22 @@ def floor(path: Path) -> int:
     return count
 
 
-def replay(path: Path) -> int:
+def journeys_only() -> JourneySet:
+    """The default journeys with every analysis beyond them switched off: what they cost."""
     journeys = load_journeys()
+    return replace(
+        journeys,
+        retention=replace(journeys.retention, enabled=False),
+        fake_traffic=replace(journeys.fake_traffic, enabled=False),
+        links=replace(journeys.links, enabled=False),
+        communities=replace(journeys.communities, enabled=False),
+        fission=replace(journeys.fission, enabled=False),
+        tiers=replace(journeys.tiers, enabled=False),
+    )
+
+
+def replay(path: Path, journeys: JourneySet | None = None) -> int:
+    journeys = journeys or load_journeys()
     sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below; triggers are serialised for real
     with path.open("rb") as lines, sink:
         result = replay_lines(
@@ -102,6 +117,9 @@ def main() -> int:
         results = {
             "floor (orjson + dict update)": measure(floor, path, args.repeat),
             "linkwatch replay": measure(replay, path, args.repeat),
+            "linkwatch replay, journeys only": measure(
+                lambda p: replay(p, journeys_only()), path, args.repeat
+            ),
         }
     floor_rate = results["floor (orjson + dict update)"]["events_per_s"]
     print(f"data: {source}; {size / 1e6:.1f} MB")

@@ -220,7 +220,12 @@ class LinkHealth:
         kept = tuple(b for b in state.buckets if b.number > first)
         if not kept and broken_since is None:
             return EntityStep(None, outputs)
-        return EntityStep(LinkState(kept, broken_since, at + bucket), outputs)
+        next_close = at + bucket
+        if broken_since is None and total.clicks < self.rules.min_clicks:
+            # Until a new signal arrives the window only loses clicks: it cannot break. Sleep
+            # until its last bucket leaves it (a new signal wakes it at its bucket's close).
+            next_close = (kept[-1].number + self._buckets_per_window + 1) * bucket
+        return EntityStep(LinkState(kept, broken_since, next_close), outputs)
 
     def next_wake(self, state: LinkState) -> int:
         return state.next_close

@@ -26,8 +26,6 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel
 
-from linkwatch.triggers import derive_id
-
 # The level stage 1 feeds. Higher levels are derived (see fission and tiers).
 ENTITY_LEVEL: Final = 2
 
@@ -50,8 +48,10 @@ def member_hash(user_id: str) -> str:
 def signal(
     level: int, entity: str, kind: str, ts: int, data: Mapping[str, Any], *why: str
 ) -> Signal:
-    """A signal whose id derives from the entity, the kind and what caused it (`why`)."""
-    return Signal(level, entity, kind, ts, derive_id("signal", entity, kind, *why), data)
+    """A signal whose id derives from the entity, the kind and what caused it (`why`). Ids are
+    never published, so they are length-prefixed strings, not hashes (cheaper)."""
+    signal_id = "".join(f"{len(part)}:{part}" for part in (entity, kind, *why))
+    return Signal(level, entity, kind, ts, signal_id, data)
 
 
 class Published(NamedTuple):
