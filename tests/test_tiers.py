@@ -70,8 +70,12 @@ def updates(outputs: Iterable[EntityOutput]) -> list[ProfileUpdate]:
 
 
 def changes(outputs: Iterable[EntityOutput]) -> list[tuple[int, str | None, str, str]]:
-    """(event time, previous tier, tier, reason) of each update."""
-    return [(parse_ts(u.event_time), u.previous_tier, u.tier, u.reason) for u in updates(outputs)]
+    """(event time, previous tier, tier, reason) of each tier change (not figures updates)."""
+    return [
+        (parse_ts(u.event_time), u.previous_tier, u.tier, u.reason)
+        for u in updates(outputs)
+        if u.reason != "credits"
+    ]
 
 
 def test_a_user_is_new_for_new_for_then_normal() -> None:
@@ -141,19 +145,36 @@ def test_shares_that_bring_clicks_make_seed_and_share_driven_sales_core() -> Non
         (T0 + 3 * HOUR, "new", "seed", "share_clicks"),
         (T0 + 4 * HOUR, "seed", "core", "share_driven_sales"),
     ]
-    core = updates(outputs)[-1]
+    core = [u for u in updates(outputs) if u.tier == "core" and u.reason != "credits"][0]
     assert core.shares == 2
     assert core.ltv == {}  # others' purchases are not the sharer's spend
     assert core.credits == [
         Credits(hop=1, clicks=1, new_users=1, purchases=1, revenue={"CNY": "88.00"})
     ]
     assert totals(outputs)["fission_sharers_total", ()] == 1  # a user's first share only
+    last = updates(outputs)[-1]  # the hop-2 purchase moved the figures, not the tier
+    assert (last.reason, last.tier) == ("credits", "core")
+    assert [c.hop for c in last.credits] == [1, 2]
 
 
 def test_credits_further_up_a_chain_do_not_change_the_tier() -> None:
     signals = [seen(T0), credit(T0 + HOUR, "click", hop=2), credit(T0 + HOUR, "purchase", 2, "9")]
     _, outputs = run(signals, until=T0 + DAY)
     assert [tier for _, _, tier, _ in changes(outputs)] == ["new"]
+
+
+def test_credit_that_leaves_the_tier_publishes_the_sharer_figures() -> None:
+    """Per sharer, shares, clicks, new users, purchases and revenue are published as they
+    move, not only when the tier changes."""
+    signals = [seen(T0), credit(T0 + HOUR, "click"), credit(T0 + 2 * HOUR, "click")]
+    _, outputs = run(signals, until=T0 + DAY)
+    figures = [u for u in updates(outputs) if u.reason == "credits"]
+    assert len(figures) == 1  # the first click made the user seed: that change says it
+    (second,) = figures
+    assert (second.tier, second.previous_tier) == ("seed", "seed")
+    assert parse_ts(second.event_time) == T0 + 2 * HOUR
+    assert [(c.hop, c.clicks) for c in second.credits] == [(1, 2)]
+    assert len({u.update_id for u in updates(outputs)}) == len(updates(outputs))
 
 
 def test_seed_needs_seed_min_clicks() -> None:
@@ -275,6 +296,9 @@ def test_outputs_do_not_depend_on_order_or_redelivery(
     assert state is None
     tier = None
     for update in updates(outputs):
+        if update.reason == "credits":  # a figures update: the tier stays
+            assert update.tier == update.previous_tier == tier
+            continue
         assert update.tier != update.previous_tier
         # Each update follows the one before, or starts over a user forgotten as normal.
         assert update.previous_tier == tier or (update.previous_tier, tier) == (None, "normal")

@@ -48,7 +48,13 @@ class Tier(StrEnum):
 
 
 Reason = Literal[
-    "repeat_purchases", "share_driven_sales", "purchase", "share_clicks", "first_seen", "default"
+    "repeat_purchases",
+    "share_driven_sales",
+    "purchase",
+    "share_clicks",
+    "first_seen",
+    "default",
+    "credits",  # the tier is unchanged; the user's shares earned credit (sharer figures)
 ]
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -138,7 +144,8 @@ class Credits(BaseModel):
 
 
 class ProfileUpdate(BaseModel):
-    """A user's lifecycle tier changed (or was first assigned). Key: user_id."""
+    """A user's lifecycle tier changed (or was first assigned), or, with reason "credits" and the
+    tier unchanged, their shares earned credit: the sharer (KOC) figures moved. Key: user_id."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -147,7 +154,9 @@ class ProfileUpdate(BaseModel):
     user_id: str = Field(description="The user")
     tier: Tier = Field(description="The tier from event_time on")
     previous_tier: Tier | None = Field(description="The tier before; null for a first tier")
-    reason: Reason = Field(description="The rule that gives the new tier")
+    reason: Reason = Field(
+        description='The rule that gives the new tier, or "credits" for a sharer-figures update'
+    )
     event_time: str = Field(
         description="Event time of the change (RFC 3339, UTC)", json_schema_extra=_DATE_TIME
     )
@@ -222,6 +231,11 @@ class Tiers:
             profile = profile._replace(shares=profile.shares + 1)
         elif signal.kind == "credit":
             profile = _add_credit(profile, ts, data)
+            settled, outputs = self._settle(entity, profile, ts, outputs)
+            if settled.tier == profile.tier:  # no tier change said it: the figures moved
+                update = self._update(entity, settled, ts, settled.tier, "credits", signal)
+                outputs = [*outputs, Published("profiles", update.user_id, update)]
+            return EntityStep(settled, outputs)
         return EntityStep(*self._settle(entity, profile, ts, outputs))
 
     def wake(self, entity: str, state: Any, at: int) -> EntityStep:
@@ -318,10 +332,34 @@ class Tiers:
             return profile, outputs
         previous = profile.tier
         profile = profile._replace(tier=tier)
+        update = self._update(entity, profile, at, previous, reason, None)
+        outputs = [
+            *outputs,
+            Published("profiles", update.user_id, update),
+            Measure("tier_changes_total", (str(previous or "none"), str(tier)), 1),
+            Measure("tier_users", (str(tier),), 1),
+        ]
+        if previous is not None:
+            outputs.append(Measure("tier_users", (str(previous),), -1))
+        return profile, outputs
+
+    def _update(
+        self,
+        entity: str,
+        profile: UserProfile,
+        at: int,
+        previous: Tier | None,
+        reason: Reason,
+        credit: Signal | None,
+    ) -> ProfileUpdate:
+        """The record of the profile as it is at `at`."""
         user_id = entity.partition(":")[2]
+        tier = profile.tier
+        assert tier is not None  # settled: every profile has a tier
         in_ltv = self._within(profile, at, self.rules.ltv_window_days)
-        update = ProfileUpdate(
-            update_id=derive_id("profile_update", user_id, tier, str(at)),
+        cause = (tier, str(at)) if credit is None else ("credits", credit.signal_id)
+        return ProfileUpdate(
+            update_id=derive_id("profile_update", user_id, *cause),
             user_id=user_id,
             tier=tier,
             previous_tier=previous,
@@ -342,15 +380,6 @@ class Tiers:
                 for hop in profile.credits
             ],
         )
-        outputs = [
-            *outputs,
-            Published("profiles", user_id, update),
-            Measure("tier_changes_total", (str(previous or "none"), str(tier)), 1),
-            Measure("tier_users", (str(tier),), 1),
-        ]
-        if previous is not None:
-            outputs.append(Measure("tier_users", (str(previous),), -1))
-        return profile, outputs
 
 
 # -- helpers --------------------------------------------------------------------------------
