@@ -87,6 +87,7 @@ async def send_raw(settings: Settings, topic: str, key: bytes | None, value: byt
         await producer.stop()
 
 
+@pytest.mark.timeout(900)
 def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path: Path) -> None:
     settings = kafka_settings.model_copy(update=FAST)
     lines = list(generate(users=3400, seed=11, start_ms=START, bad_ratio=0.01))
