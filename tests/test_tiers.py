@@ -145,7 +145,7 @@ def test_shares_that_bring_clicks_make_seed_and_share_driven_sales_core() -> Non
         (T0 + 3 * HOUR, "new", "seed", "share_clicks"),
         (T0 + 4 * HOUR, "seed", "core", "share_driven_sales"),
     ]
-    core = [u for u in updates(outputs) if u.tier == "core" and u.reason != "credits"][0]
+    core = next(u for u in updates(outputs) if u.tier == "core" and u.reason != "credits")
     assert core.shares == 2
     assert core.ltv == {}  # others' purchases are not the sharer's spend
     assert core.credits == [
