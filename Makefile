@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SAMPLE := data/sample-events.jsonl.gz
 
-.PHONY: install run replay test lint typecheck schemas sample bench bench-service clean
+.PHONY: install tools run replay test lint typecheck schemas sample bench bench-service clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,21 @@ replay: install
 	$(BIN)/linkwatch replay $(SAMPLE) --out /tmp/linkwatch-triggers.jsonl --dead-letters /tmp/linkwatch-dead-letters.jsonl
 	@echo "triggers: /tmp/linkwatch-triggers.jsonl   dead letters: /tmp/linkwatch-dead-letters.jsonl"
 
+# Third-party checkers the tests run (Debian packages): promtool for the alert rules,
+# docker-compose to validate the compose file (no engine needed). Installed when missing.
+TOOLS := promtool docker-compose
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends \
+	    prometheus docker-compose >/dev/null; \
+	fi
+
 ## test: lint, type-check (mypy strict on src/), schemas in sync, the whole pytest suite
-test: install lint typecheck
+test: install tools lint typecheck
 	$(BIN)/linkwatch schemas --check
 	$(BIN)/pytest
 

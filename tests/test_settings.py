@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from linkwatch.settings import Settings
+from linkwatch.settings import Settings, settings_table
 
 
 def test_settings_come_from_linkwatch_environment_variables(
@@ -36,3 +38,12 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def test_the_readme_settings_table_is_generated_from_the_model() -> None:
+    """Every setting is documented, with its real default: the README cannot drift."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings_table() in readme
+    for name in Settings.model_fields:
+        assert f"`LINKWATCH_{name.upper()}`" in settings_table()
+    assert all(info.description for info in Settings.model_fields.values())

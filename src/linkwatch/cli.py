@@ -125,7 +125,18 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-journeys", help="validate a journeys file and print a summary")
     check.add_argument("journeys", type=Path, nargs="?")
     check.set_defaults(run=_run_check_journeys)
+    table = sub.add_parser(
+        "settings-table", help="print the README's settings table (markdown), from the model"
+    )
+    table.set_defaults(run=_run_settings_table)
     return parser
+
+
+def _run_settings_table(args: argparse.Namespace) -> int:
+    from linkwatch.settings import settings_table
+
+    print(settings_table())
+    return 0
 
 
 def _run_replay(args: argparse.Namespace) -> int:

@@ -24,21 +24,33 @@ class Settings(BaseSettings):
         default="kafka://127.0.0.1:9092",
         description="Bootstrap servers, comma-separated (kafka://host:port or host:port)",
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (never logged)"
+    )
     ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify the broker")
     ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS)")
     ssl_keyfile: Path | None = Field(default=None, description="Client key (mTLS)")
 
     # -- Topics ---------------------------------------------------------------------------
-    topic_click: str = "events.click"
-    topic_share: str = "events.share"
-    topic_purchase: str = "events.purchase"
-    topic_group_chat: str = "events.group_chat"
-    topic_triggers: str = "linkwatch.triggers"
-    topic_dlq: str = "linkwatch.dlq"
+    topic_click: str = Field(default="events.click", description="Input: clicks")
+    topic_share: str = Field(default="events.share", description="Input: shares")
+    topic_purchase: str = Field(default="events.purchase", description="Input: purchases")
+    topic_group_chat: str = Field(
+        default="events.group_chat", description="Input: group-chat activity"
+    )
+    topic_triggers: str = Field(
+        default="linkwatch.triggers", description="Re-engagement triggers and resolutions"
+    )
+    topic_dlq: str = Field(
+        default="linkwatch.dlq", description="Dead letters: every rejected input record"
+    )
     topic_ticks: str = Field(
         default="linkwatch.ticks", description="Internal: timer ticks that drive deadlines"
     )
@@ -53,20 +65,26 @@ class Settings(BaseSettings):
         default="linkwatch.profiles", description="Lifecycle tier changes (profile updates)"
     )
     partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of every topic")
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int = Field(
+        default=1, ge=1, description="Replication of topics the worker creates"
+    )
 
     # -- Worker ---------------------------------------------------------------------------
     app_id: str = Field(default="linkwatch", description="Consumer group and table prefix")
     store: str = Field(default="memory://", description="memory:// or rocksdb://")
     data_dir: Path = Field(default=Path("linkwatch-data"), description="State directory")
-    journeys_file: Path | None = Field(default=None, description="Journeys TOML (built-in)")
+    journeys_file: Path | None = Field(
+        default=None, description="Journeys TOML; unset: the built-in journeys"
+    )
     reload_interval: float = Field(
         default=5.0,
         ge=0,
         description="Seconds between checks of the journeys file for changes; 0: never reload",
     )
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = Field(
+        default="127.0.0.1", description="Web server address (/metrics, /healthz, /readyz)"
+    )
+    web_port: int = Field(default=6066, ge=0, le=65535, description="Web server port")
     allowed_lateness: str | None = Field(
         default=None, description="Overrides the journeys file's allowed_lateness"
     )
@@ -75,13 +93,21 @@ class Settings(BaseSettings):
         description="A partition with no events this long advances its watermark by the clock",
     )
     tick_interval: str = Field(default="250ms", description="How often deadlines are checked")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json (one object per line) or text"
+    )
     # Consumer-group timing: short enough that a restarted worker re-joins quickly.
-    session_timeout: float = Field(default=10.0, gt=0)
-    heartbeat_interval: float = Field(default=1.0, gt=0)
-    broker_request_timeout: float = Field(default=40.0, gt=0)
-    commit_interval: float = Field(default=1.0, gt=0)
+    session_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds without a heartbeat before a worker is out"
+    )
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats")
+    broker_request_timeout: float = Field(
+        default=40.0, gt=0, description="Seconds a broker request may take"
+    )
+    commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
     shutdown_timeout: float = Field(default=10.0, gt=0, description="Bound on SIGTERM shutdown")
 
     @field_validator("idle_timeout", "tick_interval", "allowed_lateness")
@@ -179,3 +205,13 @@ class Settings(BaseSettings):
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         return options
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from this model (a test keeps them equal)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default()
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `LINKWATCH_{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows)
