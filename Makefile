@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SAMPLE := data/sample-events.jsonl.gz
 
-.PHONY: install tools run replay test lint typecheck schemas sample bench bench-service clean
+.PHONY: install tools run replay test lint typecheck schemas sample dashboards bench bench-service clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ replay: install
 	@echo "triggers: /tmp/linkwatch-triggers.jsonl   dead letters: /tmp/linkwatch-dead-letters.jsonl"
 
 # Third-party checkers the tests run (Debian packages): promtool for the alert rules,
-# docker-compose to validate the compose file (no engine needed). Installed when missing.
-TOOLS := promtool docker-compose
+# docker-compose to validate the compose file (no engine needed), chromium for the /ui page.
+# Installed when missing.
+TOOLS := promtool docker-compose chromium
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
@@ -34,7 +35,7 @@ tools:
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends \
-	    prometheus docker-compose >/dev/null; \
+	    prometheus docker-compose chromium >/dev/null; \
 	fi
 
 ## test: lint, type-check (mypy strict on src/), schemas in sync, the whole pytest suite
@@ -43,11 +44,16 @@ test: install tools lint typecheck
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy/grafana
+	$(BIN)/ruff format --check src tests bench deploy/grafana
 
 typecheck: install
 	$(BIN)/mypy src
+	$(BIN)/mypy --strict deploy/grafana/build_dashboards.py
+
+## dashboards: regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json)
+dashboards: install
+	$(BIN)/python deploy/grafana/build_dashboards.py
 
 schemas: install
 	$(BIN)/linkwatch schemas

@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(run=_run_replay)
 
-    schemas = sub.add_parser("schemas", help="write the JSON Schemas generated from the models")
+    schemas = sub.add_parser(
+        "schemas", help="write the JSON Schemas and the AsyncAPI document generated from the models"
+    )
     schemas.add_argument("--dir", type=Path, default=DEFAULT_SCHEMAS_DIR)
     schemas.add_argument("--check", action="store_true", help="fail if the files are out of sync")
     schemas.set_defaults(run=_run_schemas)

@@ -83,6 +83,7 @@ class LiveEntities:
     send_profile: Send
     on_measures: Callable[[list[Measure]], None]
     on_offered: Callable[[Offered], None] = lambda _: None
+    on_published: Callable[[list[EntityOutput]], None] = lambda _: None  # after delivery: /ui
     stages: dict[int, EntityStage] = field(default_factory=dict)
     stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
     # partition → level → upstream partition → latest mark
@@ -188,6 +189,7 @@ class LiveEntities:
                 )
         for future in pending:
             await future
+        self.on_published(outputs)
         await send_signals(self.send_signal, signals)
         if measures:
             self.on_measures(measures)

@@ -1,7 +1,8 @@
 """JSON Schemas generated from the models: the published contract, checked in under schemas/.
 
-`linkwatch schemas` writes them; `linkwatch schemas --check` fails when the checked-in files
-differ from what the models generate, so the contract cannot drift silently.
+`linkwatch schemas` writes them, and the AsyncAPI document that refers to them (asyncapi.py);
+`linkwatch schemas --check` fails when the checked-in files differ from what the code generates,
+so the contract cannot drift silently.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel
 
+from linkwatch.asyncapi import ASYNCAPI_FILE, render_asyncapi
 from linkwatch.communities import CommunityAlert
 from linkwatch.deadletters import DeadLetter
 from linkwatch.events import ClickEvent, GroupChatEvent, PurchaseEvent, ShareEvent
@@ -50,10 +52,15 @@ def generate_schemas() -> dict[str, bytes]:
     return out
 
 
+def generate_contract() -> dict[str, bytes]:
+    """Every generated file of the contract: the schemas and the AsyncAPI document."""
+    return {**generate_schemas(), ASYNCAPI_FILE: render_asyncapi(SCHEMA_MODELS)}
+
+
 def write_schemas(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, content in generate_schemas().items():
+    for name, content in generate_contract().items():
         path = directory / name
         path.write_bytes(content)
         written.append(path)
@@ -63,7 +70,7 @@ def write_schemas(directory: Path) -> list[Path]:
 def check_schemas(directory: Path) -> list[str]:
     """Problems found (empty when in sync)."""
     problems = []
-    for name, content in generate_schemas().items():
+    for name, content in generate_contract().items():
         path = directory / name
         if not path.exists():
             problems.append(f"{path}: missing (run `linkwatch schemas`)")

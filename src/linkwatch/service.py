@@ -55,6 +55,7 @@ from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
 from linkwatch.store import PartitionStore, load_partitions
 from linkwatch.triggers import Resolution, Trigger
+from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
 log = logging.getLogger("linkwatch.service")
 
@@ -93,6 +94,7 @@ class LiveJourneys:
     signals_topic: Any = None  # where signals for the entity stage go (None: no entity stage)
     features: Features = field(init=False)
     marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
+    on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -316,6 +318,7 @@ class LiveJourneys:
         if pending:
             # Delivered before the state that produced them is written (see module doc).
             await asyncio.gather(*pending)
+        self.on_published(outputs)
 
     def _observe_delay(self, trigger: Trigger, now: int) -> None:
         delay = (now - parse_ts(str(trigger.deadline))) / 1000
@@ -414,10 +417,13 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
+    ui = WebUI(registry, lambda: live.journeys)
+    live.on_published = ui.on_outputs
     entities = _entity_stage(app, settings, journeys, metrics, watermarks)
     if entities is not None:
         live.signals_topic = entities.signals_topic
         linkwatch.entities = entities.live
+        entities.live.on_published = ui.on_entity_outputs
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
@@ -462,6 +468,26 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     async def readyz(web: Any, request: Any) -> Any:
         ready = linkwatch.ready()
         return web.json({"ready": ready}, status=200 if ready else 503)
+
+    # The live funnel page (webui.py): static files from the package, and the JSON it polls.
+    @app.page("/ui")
+    async def ui_page(web: Any, request: Any) -> Any:
+        body, headers = asset("index.html")
+        return web.bytes(body, headers=headers)
+
+    @app.page("/ui/app.js")
+    async def ui_script(web: Any, request: Any) -> Any:
+        body, headers = asset("app.js")
+        return web.bytes(body, headers=headers)
+
+    @app.page("/ui/style.css")
+    async def ui_style(web: Any, request: Any) -> Any:
+        body, headers = asset("style.css")
+        return web.bytes(body, headers=headers)
+
+    @app.page("/ui/data.json")
+    async def ui_data(web: Any, request: Any) -> Any:
+        return web.bytes(ui.data(), headers=DATA_HEADERS)
 
     return linkwatch
 
