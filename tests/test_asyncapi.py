@@ -410,3 +410,19 @@ def test_health_and_profile_records_of_the_sample_have_the_documented_keys(
         if stem == "profile_update":
             assert isinstance(record.record, ProfileUpdate)
             assert record.key == record.record.user_id
+
+
+# The official AsyncAPI 3.0.0 JSON Schema, vendored from npm @asyncapi/specs 6.11.1
+# (schemas/3.0.0-without-$id.json, Apache-2.0): `npm pack @asyncapi/specs@6.11.1`.
+OFFICIAL = Path(__file__).resolve().parent / "data" / "asyncapi-3.0.0.schema.json"
+
+
+def test_the_checked_in_document_validates_against_the_official_asyncapi_schema() -> None:
+    import yaml
+
+    schema = json.loads(OFFICIAL.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    doc = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
+    assert [error.message for error in validator.iter_errors(doc)] == []
+    doc["operations"]["send_triggers"]["action"] = "publish"  # an AsyncAPI 2 habit
+    assert list(validator.iter_errors(doc))
