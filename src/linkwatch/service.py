@@ -94,6 +94,7 @@ class LiveJourneys:
     signals_topic: Any = None  # where signals for the entity stage go (None: no entity stage)
     features: Features = field(init=False)
     marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
+    saved: dict[int, int | None] = field(default_factory=dict)  # partition → watermark saved
     on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
 
     def __post_init__(self) -> None:
@@ -198,11 +199,13 @@ class LiveJourneys:
                 await send_signals(self.signals_topic.send, derive_signals(outputs, self.features))
         # Only now, with every trigger delivered, may the state that produced them be written.
         self.stores[partition].flush()
+        # The states just written were decided under this watermark (what was late, what was
+        # forgotten): it is written with them, or a restart would judge replayed records
+        # against an older one and decide differently.
+        if kind is None or reconfigured or processor.watermark != self.saved.get(partition):
+            self._save_progress(partition, processor, now)
         if kind is None:
-            self._save_progress(partition, processor, now)
             await self._mark(partition, processor, now)
-        elif reconfigured:  # the progress names the journeys the states now follow
-            self._save_progress(partition, processor, now)
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -326,6 +329,7 @@ class LiveJourneys:
             self.metrics.deadline_delay.observe(delay)
 
     def _save_progress(self, partition: int, processor: PartitionProcessor, now: int) -> None:
+        self.saved[partition] = processor.watermark
         if processor.watermark is not None:
             self.metrics.watermark_lag.labels(str(partition)).set(
                 (now - processor.watermark) / 1000
