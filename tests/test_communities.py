@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +26,7 @@ from linkwatch.signals import (
     signal,
 )
 from tests.builders import MIN, T0
-from tests.entity_driver import Checked, drive, drive_entity
+from tests.entity_driver import Checked, drive, drive_entity, totals
 
 HOUR = 60 * MIN
 DAY = 24 * HOUR
@@ -60,15 +59,6 @@ def alerts(outputs: list[EntityOutput]) -> list[CommunityAlert]:
     return [r for r in records if isinstance(r, CommunityAlert)]
 
 
-def measured(outputs: list[EntityOutput]) -> dict[tuple[str, tuple[str, ...]], float]:
-    """Every measure added up by name and labels."""
-    total: defaultdict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
-    for o in outputs:
-        if isinstance(o, Measure):
-            total[o.name, o.labels] += o.amount
-    return dict(total)
-
-
 def test_an_active_group_that_goes_quiet_for_a_day_is_silent_until_someone_posts() -> None:
     signals = messages(10, hours(0), users=3)  # last message at 00:09
     signals.append(chat("message", hours(30), "u7"))
@@ -90,7 +80,7 @@ def test_an_active_group_that_goes_quiet_for_a_day_is_silent_until_someone_posts
         silent.event_time,
     )
     assert (back.messages, back.active_members) == (1, 1)
-    assert measured(outputs)["community_groups_silent", ()] == 0
+    assert totals(outputs)["community_groups_silent", ()] == 0
     assert state is not None
 
 
@@ -124,7 +114,7 @@ def test_a_group_silent_until_forgotten_leaves_the_gauge() -> None:
     state, outputs = drive_entity(LOGIC, "group:G1", messages(10, hours(0)), until=hours(24 * 31))
     assert [a.status for a in alerts(outputs)] == ["raised"]
     assert state is None
-    assert measured(outputs)["community_groups_silent", ()] == 0
+    assert totals(outputs)["community_groups_silent", ()] == 0
 
 
 def test_losing_members_is_raised_when_net_leaves_reach_the_threshold() -> None:
@@ -149,12 +139,12 @@ def test_losing_members_is_raised_when_net_leaves_reach_the_threshold() -> None:
         "2024-11-24T02:00:00.000Z",
         raised.event_time,
     )
-    totals = measured(outputs)
-    assert totals["community_revenue_total", ("CNY",)] == pytest.approx(0.3)
-    assert totals["community_chat_total", ("leave",)] == 5
-    assert totals["community_chat_total", ("join",)] == 20
-    assert totals["community_chat_total", ("message",)] == 4
-    assert totals["community_groups_losing_members", ()] == 0
+    measured = totals(outputs)
+    assert measured["community_revenue_total", ("CNY",)] == pytest.approx(0.3)
+    assert measured["community_chat_total", ("leave",)] == 5
+    assert measured["community_chat_total", ("join",)] == 20
+    assert measured["community_chat_total", ("message",)] == 4
+    assert measured["community_groups_losing_members", ()] == 0
 
 
 @pytest.mark.parametrize(
@@ -287,7 +277,7 @@ def test_a_later_watermark_only_adds_outputs(
     # Episodes pair up and every group is forgotten in the end.
     for _, (state, outputs) in late.items():
         assert state is None
-        assert all(v == 0 for k, v in measured(outputs).items() if "groups" in k[0])
+        assert all(v == 0 for k, v in totals(outputs).items() if "groups" in k[0])
 
 
 def test_a_message_at_the_very_moment_silence_was_raised_ends_it() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from datetime import datetime
 
 import pytest
@@ -22,7 +21,7 @@ from linkwatch.signals import (
     signal,
 )
 from tests.builders import MIN, T0, at
-from tests.entity_driver import Checked, drive, drive_entity
+from tests.entity_driver import Checked, drive, drive_entity, totals
 
 RULES = LinkHealthRules()  # the documented defaults: 1h window, 5m buckets, 20 clicks, 25%, 95%
 LOGIC = LinkHealth(RULES)
@@ -72,15 +71,6 @@ def alerts(outputs: list[EntityOutput]) -> list[LinkAlert]:
     records = [o.record for o in outputs if isinstance(o, Published)]
     assert all(isinstance(r, LinkAlert) for r in records)
     return [r for r in records if isinstance(r, LinkAlert)]
-
-
-def measured(outputs: list[EntityOutput]) -> dict[tuple[str, tuple[str, ...]], float]:
-    """Every measure added up by name and labels."""
-    total: defaultdict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
-    for o in outputs:
-        if isinstance(o, Measure):
-            total[o.name, o.labels] += o.amount
-    return dict(total)
 
 
 def test_a_link_breaks_once_when_a_quarter_of_its_clicks_dead_end() -> None:
@@ -149,8 +139,8 @@ def test_recovers_when_the_failures_leave_the_window_then_breaks_again() -> None
     assert recovered.broken_since == broken.window_end
     assert (again.status, again.window_end) == ("broken", "2024-11-22T02:05:00.000Z")
     assert len({broken.alert_id, recovered.alert_id, again.alert_id}) == 3
-    assert measured(outputs)["links_broken", ("link",)] == 1
-    assert measured(outputs)["link_alerts_total", ("link", "broken")] == 2
+    assert totals(outputs)["links_broken", ("link",)] == 1
+    assert totals(outputs)["link_alerts_total", ("link", "broken")] == 2
     assert state is not None
 
 
@@ -161,7 +151,7 @@ def test_a_link_without_clicks_for_a_whole_window_recovers_and_is_forgotten() ->
     assert recovered.window_end == "2024-11-22T01:05:00.000Z"
     assert (recovered.clicks, recovered.dead_end_rate) == (0, 0.0)
     assert state is None
-    assert measured(outputs)["links_broken", ("link",)] == 0
+    assert totals(outputs)["links_broken", ("link",)] == 0
 
 
 def test_a_few_healthy_clicks_close_the_alert() -> None:
@@ -179,7 +169,7 @@ def test_campaigns_are_judged_like_links_under_their_own_kind() -> None:
     [link] = alerts(results["link:L1"][1])
     assert (campaign.entity_kind, campaign.entity_id) == ("campaign", "C9")
     assert campaign.alert_id != link.alert_id
-    assert measured(results["campaign:C9"][1]) == {
+    assert totals(results["campaign:C9"][1]) == {
         ("link_clicks_total", ("campaign",)): 20,
         ("link_dead_ends_total", ("campaign",)): 20,
         ("link_alerts_total", ("campaign", "broken")): 1,
