@@ -11,7 +11,7 @@ the partitions feeding it have sent (`service`).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
@@ -29,7 +29,6 @@ from linkwatch.signals import (
     ENTITY_LEVEL,
     EntityLogic,
     EntityOutput,
-    Measure,
     MetricSpec,
     Signal,
     member_hash,
@@ -328,16 +327,6 @@ def load_record(logic: EntityLogic, data: Sequence[Any]) -> EntityRecord:
     return EntityRecord(
         None if state is None else logic.load(state), tuple(load_signal(s) for s in pending)
     )
-
-
-def measures_total(outputs: Iterable[EntityOutput]) -> Mapping[tuple[str, tuple[str, ...]], float]:
-    """Sum of Measures by (name, labels): what the metrics would show."""
-    totals: dict[tuple[str, tuple[str, ...]], float] = {}
-    for out in outputs:
-        if isinstance(out, Measure):
-            key = (out.name, out.labels)
-            totals[key] = totals.get(key, 0.0) + out.amount
-    return totals
 
 
 # -- the logics, from configuration ----------------------------------------------------------

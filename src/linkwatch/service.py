@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -39,8 +39,8 @@ from linkwatch.entities import (
     EntityStage,
     Features,
     Offered,
-    build_entity_stage,
     derive_signals,
+    entity_logics,
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
@@ -474,26 +474,29 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     # The live funnel page (webui.py): static files from the package, and the JSON it polls.
-    @app.page("/ui")
-    async def ui_page(web: Any, request: Any) -> Any:
-        body, headers = asset("index.html")
-        return web.bytes(body, headers=headers)
-
-    @app.page("/ui/app.js")
-    async def ui_script(web: Any, request: Any) -> Any:
-        body, headers = asset("app.js")
-        return web.bytes(body, headers=headers)
-
-    @app.page("/ui/style.css")
-    async def ui_style(web: Any, request: Any) -> Any:
-        body, headers = asset("style.css")
-        return web.bytes(body, headers=headers)
+    for path, name in (
+        ("/ui", "index.html"),
+        ("/ui/app.js", "app.js"),
+        ("/ui/style.css", "style.css"),
+    ):
+        app.page(path)(_static_page(name))
 
     @app.page("/ui/data.json")
     async def ui_data(web: Any, request: Any) -> Any:
         return web.bytes(ui.data(), headers=DATA_HEADERS)
 
     return linkwatch
+
+
+def _static_page(name: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A web view serving one of the package's ui/ files."""
+
+    async def static_page(web: Any, request: Any) -> Any:
+        body, headers = asset(name)
+        return web.bytes(body, headers=headers)
+
+    static_page.__name__ = f"ui_{name.replace('.', '_')}"  # Faust names the view after it
+    return static_page
 
 
 @dataclass
@@ -510,7 +513,8 @@ def _entity_stage(
     progress: Any,
 ) -> _EntityWiring | None:
     """The entity stage's topic, table and agent, when any entity logic is enabled."""
-    if build_entity_stage(journeys, {}) is None:
+    logics, levels = entity_logics(journeys)  # built once, shared by every partition's stage
+    if not logics:
         return None
     signals = app.topic(settings.topic_signals, partitions=settings.partitions, **RAW)
     health = app.topic(settings.topic_health, partitions=settings.partitions, **RAW)
@@ -523,9 +527,7 @@ def _entity_stage(
     )
 
     def new_stage(store: Any) -> EntityStage:
-        stage = build_entity_stage(journeys, store)
-        assert stage is not None
-        return stage
+        return EntityStage(logics, store, levels)
 
     def offered(verdict: Offered) -> None:
         if verdict is not Offered.ACCEPTED:
