@@ -7,7 +7,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from linkwatch.codec import decode_event
+from linkwatch.codec import decode_event, decode_record
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import MAX_RECORD_BYTES, ClickEvent, PurchaseEvent
 from tests.builders import T0, raw, record
@@ -201,3 +201,88 @@ def test_message_names_several_problems() -> None:
     data = record("purchase", amount=-3, currency="yuan", user_id=7)
     err = rejected(orjson.dumps(data))
     assert err.message.count("field '") >= 3
+
+
+# -- bugs the fault suite found (each was an exception other than RecordRejected) -------------
+
+
+def test_a_timezone_naming_a_directory_of_the_zone_database_is_invalid() -> None:
+    err = rejected(raw(tz="Asia"))  # was IsADirectoryError
+    assert err.reason is RejectReason.INVALID_VALUE
+    assert err.field == "tz"
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        ("1e999999999", RejectReason.INVALID_VALUE),  # was decimal.Overflow
+        ("1e-999999999", RejectReason.INVALID_VALUE),  # was accepted, as 1E-999999999
+        ("-1e999999999", RejectReason.NEGATIVE_AMOUNT),
+        (1e-300, RejectReason.INVALID_VALUE),
+        (10**19, RejectReason.INVALID_VALUE),
+    ],
+)
+def test_amounts_of_absurd_magnitude_are_rejected(amount: object, reason: RejectReason) -> None:
+    err = rejected(raw("purchase", amount=amount))
+    assert err.reason is reason
+    assert err.field == "amount"
+
+
+@pytest.mark.parametrize("amount", [{"value": "129.00"}, True, None, ["1"]])
+def test_amount_of_wrong_type_is_a_wrong_type(amount: object) -> None:
+    err = rejected(orjson.dumps(record("purchase") | {"amount": amount}))
+    assert err.reason is RejectReason.WRONG_TYPE  # was invalid_value ("instance of Decimal")
+    assert err.field == "amount"
+
+
+def test_a_value_nested_a_thousand_deep_is_rejected_with_a_short_message() -> None:
+    deep = b"[" * 1000 + b"]" * 1000
+    err = rejected(raw(user_id="X").replace(b'"X"', deep))  # was RecursionError in the message
+    assert err.reason is RejectReason.WRONG_TYPE
+    assert err.field == "user_id"
+    assert len(err.message) < 200
+
+
+# -- decode_record: a record as read from its topic ------------------------------------------
+
+
+def test_decode_record_accepts_a_record_on_its_topic_with_its_key() -> None:
+    event = decode_record(raw("purchase"), topic_kind="purchase", key=b"u1")
+    assert isinstance(event, PurchaseEvent)
+
+
+@pytest.mark.parametrize(
+    ("value", "topic_kind", "key", "reason"),
+    [
+        (None, "click", b"u1", RejectReason.EMPTY),  # a tombstone
+        (b"", "click", b"u1", RejectReason.EMPTY),
+        (raw("click"), "purchase", b"u1", RejectReason.TOPIC_MISMATCH),
+        (raw("click"), "click", b"u2", RejectReason.KEY_MISMATCH),
+        (raw("click"), "click", None, RejectReason.KEY_MISMATCH),
+        (raw("click"), "click", b"u1 ", RejectReason.KEY_MISMATCH),
+        # Checked in order: the record itself, then its topic, then its key.
+        (raw("click", amount="x", user_id=""), "purchase", b"u9", RejectReason.INVALID_VALUE),
+        (raw("click"), "purchase", b"u9", RejectReason.TOPIC_MISMATCH),
+    ],
+)
+def test_decode_record_rejects_what_only_a_live_record_can_get_wrong(
+    value: bytes | None, topic_kind: str, key: bytes | None, reason: RejectReason
+) -> None:
+    with pytest.raises(RecordRejected) as info:
+        decode_record(value, topic_kind=topic_kind, key=key, topic="events.x")
+    assert info.value.reason is reason
+
+
+def test_decode_record_names_the_topic_of_a_mismatch() -> None:
+    with pytest.raises(RecordRejected) as info:
+        decode_record(raw("share"), topic_kind="click", key=b"u1", topic="events.click")
+    assert info.value.field == "kind"
+    assert "'share' record on the click topic 'events.click'" in info.value.message
+
+
+def test_decode_record_of_a_line_of_a_file_checks_no_topic_or_key() -> None:
+    event = decode_record(raw("share", user_id="u7"), topic_kind=None, key=None)
+    assert event.user_id == "u7"
+    with pytest.raises(RecordRejected) as info:
+        decode_record(None, topic_kind=None, key=None)
+    assert info.value.reason is RejectReason.EMPTY

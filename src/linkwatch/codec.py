@@ -3,10 +3,14 @@
 Everything that can go wrong with a record is a `RecordRejected` with a stable reason code,
 the field at fault and a message a producer team can act on. Nothing here raises anything else
 for bad input.
+
+`decode_record` is the whole check of one input record, live or offline: the live worker calls
+it with the record's topic and Kafka key, `replay` (a file has neither) through `decode_event`.
 """
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Final
 
 import orjson
@@ -18,6 +22,35 @@ from linkwatch.events import EVENT_MODELS, KINDS, MAX_RECORD_BYTES, Event
 
 _MISSING_TYPES: Final = frozenset({"missing"})
 _KIND_LIST: Final = ", ".join(KINDS)
+
+
+def decode_record(
+    value: bytes | None, *, topic_kind: str | None, key: bytes | None, topic: str = ""
+) -> Event:
+    """Decode one input record as read from its source. Raises `RecordRejected` for every kind
+    of bad input, checked in this order: a tombstone (None), then `decode_event`, then, for a
+    record read from a Kafka topic (`topic_kind` is the kind that topic carries), a kind that
+    is not the topic's and a Kafka `key` that is not the `user_id`. With `topic_kind` None (a
+    line of a file: no topic, no key) neither is checked and `key` is ignored. `topic` only
+    names the topic in messages."""
+    if value is None:
+        raise RecordRejected(RejectReason.EMPTY, "record is a tombstone (null value)")
+    event = decode_event(value)
+    if topic_kind is None:
+        return event
+    if event.kind != topic_kind:
+        raise RecordRejected(
+            RejectReason.TOPIC_MISMATCH,
+            f"field 'kind': {event.kind!r} record on the {topic_kind} topic {topic!r}",
+            "kind",
+        )
+    if key != event.user_id.encode():
+        raise RecordRejected(
+            RejectReason.KEY_MISMATCH,
+            "the Kafka key is not the record's user_id (records are keyed by user_id)",
+            "user_id",
+        )
+    return event
 
 
 def decode_event(raw: bytes) -> Event:
@@ -115,5 +148,12 @@ def _json_type(value: Any) -> str:
 
 def _preview(value: Any, limit: int = 40) -> str:
     """A short, safe rendering of an offending value for messages (never the whole thing)."""
-    text = repr(value)
+    # reprlib, not repr: a value nested 1,000 deep would overflow the stack, and one of 60 KB
+    # would be rendered whole only to be cut.
+    text = _PREVIEW.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PREVIEW: Final = reprlib.Repr()
+_PREVIEW.maxlevel = 3
+_PREVIEW.maxstring = _PREVIEW.maxother = _PREVIEW.maxlong = 60

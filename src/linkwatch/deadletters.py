@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.events import MAX_RECORD_BYTES
 from linkwatch.triggers import derive_id
+
+# A record over MAX_RECORD_BYTES is rejected as too_large; its dead letter keeps that much of it.
+MAX_KEPT_BYTES: Final = MAX_RECORD_BYTES
 
 
 class FileSource(BaseModel):
@@ -40,8 +44,14 @@ class DeadLetter(BaseModel):
     reason: RejectReason
     field: str | None = Field(description="The offending field, when one is to blame")
     message: str
-    raw: str = Field(description="The original record bytes, base64-encoded")
-    raw_size: int = Field(ge=0)
+    raw: str = Field(
+        description="The original record bytes, base64-encoded; only the first "
+        f"{MAX_KEPT_BYTES} of a larger record (see raw_truncated)"
+    )
+    raw_size: int = Field(ge=0, description="Size of the original record in bytes")
+    raw_truncated: bool = Field(
+        default=False, description="raw holds only the start of the record (it was larger)"
+    )
     source: Source
 
     @classmethod
@@ -53,8 +63,11 @@ class DeadLetter(BaseModel):
             reason=rejection.reason,
             field=rejection.field,
             message=rejection.message,
-            raw=base64.b64encode(raw).decode("ascii"),
+            # Bounded, so that a dead letter always fits in a Kafka message even when the
+            # record it stands for only just did (base64 adds a third).
+            raw=base64.b64encode(raw[:MAX_KEPT_BYTES]).decode("ascii"),
             raw_size=len(raw),
+            raw_truncated=len(raw) > MAX_KEPT_BYTES,
             source=source,
         )
 

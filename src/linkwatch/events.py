@@ -27,6 +27,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticKnownError
 
 # Bounds on input sizes: a record is at most this many bytes before it is even parsed.
 MAX_RECORD_BYTES: Final = 64 * 1024
@@ -108,7 +109,8 @@ def check_timezone(name: str) -> str:
     """An IANA timezone name (e.g. Asia/Shanghai) this machine knows, or ValueError."""
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError: a name that is a directory of the zone database (e.g. "Asia") fails on open.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
             f"unknown timezone {name!r} (use an IANA name, e.g. Asia/Shanghai)"
         ) from None
@@ -117,14 +119,15 @@ def check_timezone(name: str) -> str:
 
 def _parse_amount(value: Any) -> Any:
     """Amounts are decimals: a JSON number or a decimal string, never a float artefact."""
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        # Refused as a wrong type here: strict validation would call it a wrong value.
+        raise PydanticKnownError("decimal_type")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
-        return Decimal(repr(value))
+        return _bounded(Decimal(repr(value)))
     if isinstance(value, int):
-        return Decimal(value)
+        return _bounded(Decimal(value))
     if isinstance(value, str):
         try:
             parsed = Decimal(value)
@@ -132,8 +135,19 @@ def _parse_amount(value: Any) -> Any:
             raise ValueError("must be a decimal number") from None
         if not parsed.is_finite():
             raise ValueError("must be a finite number")
-        return parsed
-    return value
+        return _bounded(parsed)
+    return value  # a Decimal already
+
+
+def _bounded(amount: Decimal) -> Decimal:
+    """Refuse magnitudes no amount has before the digit checks see them: with an exponent near
+    Decimal's limits (e.g. "1e999999999") they overflow, or round a tiny amount to 0 and let it
+    through. A negative one is refused as negative, like any other."""
+    if amount.is_zero() or -7 <= amount.adjusted() <= 18:
+        return amount
+    if amount < 0:
+        raise PydanticKnownError("greater_than_equal", {"ge": 0})
+    raise ValueError("must be below 10^18, with at most 6 decimal places")
 
 
 Timezone = Annotated[
