@@ -5,6 +5,7 @@ that record what happens, in order; the code under test is the real `LiveJourney
 from __future__ import annotations
 
 import asyncio
+from collections import namedtuple
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from linkwatch.journeys import JourneySet
+from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.service import LiveJourneys
 from linkwatch.settings import Settings
@@ -139,20 +141,73 @@ async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
 
 
 async def test_an_unexpected_error_costs_one_record_not_the_stream(
-    live: tuple[LiveJourneys, Log], monkeypatch: pytest.MonkeyPatch
+    live: tuple[LiveJourneys, Log],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     journeys, _ = live
     processor = journeys.processor(0, 0)
     real = processor.process
 
     def broken_for_u2(event: Any, *args: Any) -> Any:
-        if event.user_id == "u2":
-            raise ZeroDivisionError("a bug")
+        if event.user_id == "user-two":
+            raise ZeroDivisionError(f"a bug about {event.user_id}")
         return real(event, *args)
 
     monkeypatch.setattr(processor, "process", broken_for_u2)
-    await journeys.on_event(message("events.click", 1, b"u2", raw(user_id="u2", page="cart")))
+    bad = raw(user_id="user-two", page="cart")
+    await journeys.on_event(message("events.click", 1, b"user-two", bad))
     await journeys.on_event(message("events.click", 2, b"u1", raw(event_id="b", page="cart")))
     ((_, letter),) = journeys.dlq_topic.sent
     assert orjson.loads(letter)["reason"] == "processing_error"
     assert b"u1" in journeys.states  # the next record went through
+    # The log names the place, the error's type and the user's hash: not the user.
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "linkwatch.service"]
+    assert "events.click/0@1" in line
+    assert "ZeroDivisionError" in line
+    assert "broken_for_u2" in line  # the stack is there
+    assert user_ref("user-two", user_ref_key(journeys.settings)) in line
+    assert "user-two" not in line
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_after_a_restart_a_topic_read_to_its_end_is_not_mistaken_for_backlog(
+    cart_journeys: JourneySet, committed: bool
+) -> None:
+    """A worker that takes over a partition whose click topic an earlier worker read to its
+    end (highwater 1, committed offset 1) must let it fall idle and fire its deadline,
+    without ever handling a click itself."""
+    log: Log = []
+    settings = Settings(idle_timeout="1s")
+
+    def worker() -> LiveJourneys:
+        return LiveJourneys(
+            settings,
+            cart_journeys,
+            Metrics(CollectorRegistry()),
+            before.states if "before" in locals() else RecordingTable(log, "state"),
+            RecordingTable(log, "watermark"),
+            RecordingTopic(log, "trigger"),
+            RecordingTopic(log, "dead letter"),
+        )
+
+    tp = namedtuple("TP", "topic partition")
+    tick = SimpleNamespace(
+        message=SimpleNamespace(
+            topic="linkwatch.ticks", partition=0, offset=0, key=None, value=b"", tp=tp("x", 0)
+        )
+    )
+    before = worker()
+    cart = raw(event_id="a", ts=at(0), page="cart")
+    await before.on_event(message("events.click", 0, b"u1", cart))
+    await before.on_event(tick)  # its progress is saved with the state: then it is killed
+    after = worker()
+    after.watermarks.update(before.watermarks)
+    after.highwater = lambda tp: 1 if tp.topic == "events.click" else 0
+    after.committed = (lambda tp: 1 if tp.topic == "events.click" else None) if committed else None
+    await after.on_event(tick)  # loads the partition: its sources count as heard from now
+    await asyncio.sleep(1.1)  # idle_timeout
+    await after.on_event(tick)
+    fired = [orjson.loads(value)["missed_step"] for _, value in after.triggers_topic.sent]
+    # Without the committed offset the click topic looks busy for ever: nothing fires.
+    assert fired == (["checkout"] if committed else [])

@@ -20,12 +20,13 @@ buffered, or refused as late once applied) and records (same id), never loses th
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from linkwatch.delivery import Send, deliver_all
 from linkwatch.entities import (
     EntityRecord,
     EntityStage,
@@ -40,8 +41,6 @@ from linkwatch.store import BytesTable, WriteBackStore, load_partitions
 
 log = logging.getLogger("linkwatch.entities")
 
-Send = Callable[..., Awaitable[Any]]  # a Faust topic's `send`
-
 
 def mark_message(level: int, source: int, watermark: int) -> bytes:
     return orjson.dumps({"mark": level, "from": source, "watermark": watermark})
@@ -53,23 +52,20 @@ def signal_message(sig: Signal) -> bytes:
 
 async def send_signals(send: Send, signals: Iterable[Signal]) -> None:
     """Publish signals keyed by entity, and wait until the broker has them all."""
-    pending = [
-        await send(key=sig.entity.encode(), value=signal_message(sig), force=True)
-        for sig in signals
+    messages = [
+        {"key": sig.entity.encode(), "value": signal_message(sig), "force": True} for sig in signals
     ]
-    for future in pending:
-        await future
+    await deliver_all(send, messages)
 
 
 async def send_marks(send: Send, partitions: int, level: int, source: int, watermark: int) -> None:
     """Tell every entity partition that `source` has sent everything of `level` up to
     `watermark`."""
     value = mark_message(level, source, watermark)
-    pending = [
-        await send(key=None, value=value, partition=q, force=True) for q in range(partitions)
+    messages = [
+        {"key": None, "value": value, "partition": q, "force": True} for q in range(partitions)
     ]
-    for future in pending:
-        await future
+    await deliver_all(send, messages)
 
 
 @dataclass
@@ -176,19 +172,18 @@ class LiveEntities:
     async def _deliver(self, outputs: list[EntityOutput]) -> None:
         signals = [out for out in outputs if isinstance(out, Signal)]
         measures = [out for out in outputs if isinstance(out, Measure)]
-        pending = []
+        by_topic: dict[str, list[dict[str, Any]]] = {"health": [], "profiles": []}
         for out in outputs:
             if isinstance(out, Published):
-                send = self.send_health if out.topic == "health" else self.send_profile
-                pending.append(
-                    await send(
-                        key=out.key.encode(),
-                        value=orjson.dumps(out.record.model_dump(mode="json")),
-                        force=True,
-                    )
+                by_topic[out.topic].append(
+                    {
+                        "key": out.key.encode(),
+                        "value": orjson.dumps(out.record.model_dump(mode="json")),
+                        "force": True,
+                    }
                 )
-        for future in pending:
-            await future
+        await deliver_all(self.send_health, by_topic["health"])
+        await deliver_all(self.send_profile, by_topic["profiles"])
         self.on_published(outputs)
         await send_signals(self.send_signal, signals)
         if measures:

@@ -144,6 +144,13 @@ class Metrics:
         self.partitions = Gauge(
             "linkwatch_partitions_assigned", "Partitions this worker processes", registry=registry
         )
+        self.state_keys = Gauge(
+            "linkwatch_state_keys",
+            "Keys this worker holds in state: users (journeys) and entities (links, groups, "
+            "shares, sharers); bounded by the TTLs under steady traffic",
+            ["stage"],
+            registry=registry,
+        )
         self.deadline_delay = Histogram(
             "linkwatch_deadline_fire_delay_seconds",
             "Wall clock at which a drop-off fired minus its deadline (real-time traffic)",

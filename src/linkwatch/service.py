@@ -19,7 +19,6 @@ repeat a trigger (same `trigger_id`), never lose one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,8 +31,9 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
-from linkwatch.codec import decode_event
+from linkwatch.codec import decode_record
 from linkwatch.deadletters import DeadLetter, KafkaSource
+from linkwatch.delivery import deliver_all
 from linkwatch.engine import JourneyEngine, Output
 from linkwatch.entities import (
     EntityStage,
@@ -48,6 +48,7 @@ from linkwatch.events import parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
 from linkwatch.live_entities import LiveEntities, send_marks, send_signals
+from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
@@ -90,6 +91,8 @@ class LiveJourneys:
     # Offset of the last record handled per (topic, partition), to tell backlog from silence.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     highwater: Any = None  # (TP) -> next offset to be written; set once the consumer exists
+    committed: Any = None  # (TP) -> offset committed for it (the next to handle), or None
+    user_key: bytes = b""  # of `user_ref`, for log lines about one user's record
     assigned: Callable[[], set[int]] | None = None  # partitions this worker owns now
     signals_topic: Any = None  # where signals for the entity stage go (None: no entity stage)
     features: Features = field(init=False)
@@ -102,6 +105,7 @@ class LiveJourneys:
         self.shapes = shapes_of(self.journeys)
         self.features = features_of(self.journeys)
         self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
+        self.user_key = user_ref_key(self.settings)
 
     def reload(self, journeys: JourneySet) -> None:
         """Run `journeys` from now on. Each loaded partition switches in its own event context,
@@ -164,6 +168,10 @@ class LiveJourneys:
             self.processors.pop(partition, None)
             self.stores.pop(partition, None)
             self.metrics.forget_partition(partition)
+        # What we handled there is history: if they come back, the group has moved on.
+        for topic, partition in list(self.offsets):
+            if partition in partitions:
+                del self.offsets[topic, partition]
         self._reset_active()
 
     def _reset_active(self) -> None:
@@ -245,31 +253,23 @@ class LiveJourneys:
     ) -> list[Output]:
         raw: bytes | None = message.value
         try:
-            if raw is None:
-                raise RecordRejected(RejectReason.EMPTY, "record is a tombstone (null value)")
-            event = decode_event(raw)
-            if event.kind != kind:
-                raise RecordRejected(
-                    RejectReason.TOPIC_MISMATCH,
-                    f"field 'kind': {event.kind!r} record on the {kind} topic {message.topic!r}",
-                    "kind",
-                )
-            if message.key != event.user_id.encode():
-                raise RecordRejected(
-                    RejectReason.KEY_MISMATCH,
-                    "the Kafka key is not the record's user_id (records are keyed by user_id)",
-                    "user_id",
-                )
+            event = decode_record(raw, topic_kind=kind, key=message.key, topic=message.topic)
             result = processor.process(event, message.topic, now, backlog)
         except RecordRejected as rejection:
             await self._dead_letter(raw or b"", rejection, message)
             return []
         except Exception as exc:  # a bug must cost one record, not the stream
-            log.exception(
-                "record %s/%d@%d failed; dead-lettered",
+            # Where it failed, and whose record (hashed), never the error's text: that may
+            # quote the record, user id included.
+            log.error(
+                "record %s/%d@%d of user %s failed; dead-lettered\n%s",
                 message.topic,
                 message.partition,
                 message.offset,
+                user_ref(message.key.decode(errors="replace"), self.user_key)
+                if message.key
+                else "(no key)",
+                traceback_without_text(exc),
             )
             failure = RecordRejected(
                 RejectReason.PROCESSING_ERROR, f"{type(exc).__name__} while processing the record"
@@ -281,16 +281,24 @@ class LiveJourneys:
 
     def _backlog_of(self, partition: int, any_tp: Any) -> Backlog:
         """A topic has backlog on this partition when records beyond the last one handled
-        exist (its highwater is ahead): such a topic is busy, never idle."""
+        exist (its highwater is ahead): such a topic is busy, never idle. Before this worker
+        has handled a record of it, the group's committed offset says where handling stands;
+        without that, a topic read to its end before a restart would look busy for ever and
+        hold the partition's watermark (and its deadlines) back."""
 
         def backlog(topic: str) -> bool:
             if self.highwater is None:
                 return False
+            tp = any_tp._replace(topic=topic)
             try:
-                high = self.highwater(any_tp._replace(topic=topic))
+                high = self.highwater(tp)
             except Exception:  # not assigned (yet): nothing known to be waiting
                 return False
-            return high is not None and high > self.offsets.get((topic, partition), -1) + 1
+            handled = self.offsets.get((topic, partition))
+            if handled is None:
+                committed = self.committed(tp) if self.committed is not None else None
+                handled = committed - 1 if committed is not None else -1
+            return high is not None and high > handled + 1
 
         return backlog
 
@@ -300,27 +308,27 @@ class LiveJourneys:
             topic=message.topic, partition=message.partition, offset=message.offset
         )
         letter = DeadLetter.from_rejection(raw, rejection, source)
-        # Not attached to the offset: sent now; Faust flushes it before committing the offset.
-        await self.dlq_topic.send(
-            key=message.key, value=orjson.dumps(letter.model_dump(mode="json")), force=True
+        # Delivered before the record's offset can be committed, like a trigger.
+        value = orjson.dumps(letter.model_dump(mode="json"))
+        await deliver_all(
+            self.dlq_topic.send, [{"key": message.key, "value": value, "force": True}]
         )
 
     async def _publish(self, outputs: list[Output], now: int) -> None:
-        pending = []
+        messages = []
         for out in outputs:
             if isinstance(out, Trigger | Resolution):
                 if isinstance(out, Trigger) and out.type == "dropoff" and out.deadline:
                     self._observe_delay(out, now)
-                pending.append(
-                    await self.triggers_topic.send(
-                        key=out.user_id.encode(),
-                        value=orjson.dumps(out.model_dump(mode="json")),
-                        force=True,
-                    )
+                messages.append(
+                    {
+                        "key": out.user_id.encode(),
+                        "value": orjson.dumps(out.model_dump(mode="json")),
+                        "force": True,
+                    }
                 )
-        if pending:
-            # Delivered before the state that produced them is written (see module doc).
-            await asyncio.gather(*pending)
+        # Delivered before the state that produced them is written (see module doc).
+        await deliver_all(self.triggers_topic.send, messages)
         self.on_published(outputs)
 
     def _observe_delay(self, trigger: Trigger, now: int) -> None:
@@ -405,6 +413,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         broker_commit_interval=settings.commit_interval,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_request_timeout=settings.producer_request_timeout,
         autodiscover=False,
         table_standby_replicas=0,
     )
@@ -428,10 +437,18 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         live.signals_topic = entities.signals_topic
         linkwatch.entities = entities.live
         entities.live.on_published = ui.on_entity_outputs
+    # Read at scrape time (in the event loop, like every state change).
+    metrics.state_keys.labels("users").set_function(lambda: _held(live.stores))
+    if entities is not None:
+        entity_stores = entities.live.stores
+        metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
         live.highwater = app.consumer.highwater
+        # Faust's record of committed offsets (filled when it seeks to them on assignment).
+        committed = getattr(app.consumer, "_committed_offset", None)
+        live.committed = committed.get if committed is not None else None
         async for event in stream.events():
             await live.on_event(event)
 
@@ -557,6 +574,10 @@ def _entity_stage(
                 )
 
     return _EntityWiring(live, signals)
+
+
+def _held(stores: dict[int, Any]) -> int:
+    return sum(len(store) for store in stores.values())
 
 
 def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
