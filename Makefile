@@ -1,11 +1,13 @@
 # The two commands that matter: `make run` and `make test`. Both install into .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c  # a failing command in a pipe fails the recipe
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SAMPLE := data/sample-events.jsonl.gz
 
-.PHONY: install tools run replay test lint typecheck schemas sample dashboards bench bench-service clean
+.PHONY: install tools run replay test faults audit lint typecheck schemas sample dashboards bench bench-service clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,10 +40,22 @@ tools:
 	    prometheus docker-compose chromium >/dev/null; \
 	fi
 
-## test: lint, type-check (mypy strict on src/), schemas in sync, the whole pytest suite
-test: install tools lint typecheck
+## test: lint, type-check (mypy strict on src/), schemas in sync, dependency audit, the whole
+## pytest suite (with a fast variant of each fault suite)
+test: install tools lint typecheck audit
 	$(BIN)/linkwatch schemas --check
 	$(BIN)/pytest
+
+## faults: the long fault suites (200k events and 5 kill -9s, a rebalance, a 30 s broker
+## outage, a 15-minute soak, 100k fuzzed records); about an hour
+faults: install
+	$(BIN)/pytest --faults -m faults -p no:cacheprovider -s
+
+## audit: known vulnerabilities in the pinned dependencies (pip-audit, PyPI's advisory data).
+## A vulnerable pin fails it; dependencies PyPI cannot answer for are listed as skipped.
+audit: install
+	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --progress-spinner off 2>&1 \
+	  | $(BIN)/python -c 'import sys; lines = sys.stdin.read().splitlines(); skipped = [l for l in lines if "could not be audited" in l]; print("\n".join(l for l in lines if l not in skipped)); print(f"pip-audit: {len(skipped)} dependencies skipped (PyPI had no record of them)")'
 
 lint: install
 	$(BIN)/ruff check src tests bench deploy/grafana

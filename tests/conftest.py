@@ -11,6 +11,24 @@ from linkwatch.journeys import JourneySet, load_journeys, parse_journeys
 from linkwatch.partition import PartitionProcessor
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="run the long fault-suite variants (marked `faults`); `make faults` does",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long fault suites run only with --faults; `make test` keeps their fast subsets."""
+    if config.getoption("--faults"):
+        return
+    skip = pytest.mark.skip(reason="long fault suite: run with --faults (make faults)")
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def default_journeys() -> JourneySet:
     return load_journeys()

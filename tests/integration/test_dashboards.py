@@ -13,11 +13,8 @@ from linkwatch.produce import produce
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
 from linkwatch.topics import ensure_topics
-from tests.integration.workers import WorkerProcess, run, sum_metric, wait_for
+from tests.integration.workers import FAST, START, WorkerProcess, run, sum_metric, wait_for
 from tests.test_dashboards import exported_names, used_metrics
-
-START = 1_732_233_600_000  # historic event time, as in test_live: idle partitions close it all
-FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
 
 
 @pytest.mark.timeout(180)

@@ -1,5 +1,5 @@
-"""The live worker on a real broker gives what `linkwatch replay` gives, loses nothing on a
-crash, and fires drop-offs of a partition that has gone quiet."""
+"""The live worker on a real broker gives what `linkwatch replay` gives and fires drop-offs of
+a partition that has gone quiet (crashes, rebalances and outages: test_faults.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -20,10 +20,13 @@ from linkwatch.replay import replay_lines
 from linkwatch.settings import Settings
 from linkwatch.signals import Published
 from linkwatch.simulate import generate
-from linkwatch.topics import ensure_topics
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.integration.workers import (
+    FAST,
+    START,
     WorkerProcess,
+    canonical,
+    prepare,
     read_topic,
     resolution_ids,
     run,
@@ -31,9 +34,6 @@ from tests.integration.workers import (
     trigger_ids,
     wait_for,
 )
-
-START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes everything
-FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
 
 
 class Oracle(NamedTuple):
@@ -62,20 +62,6 @@ def oracle(lines: list[bytes]) -> Oracle:
         close_open=True,  # the live worker ends there once idle partitions follow the clock
     )
     return Oracle(triggers, dead, records)
-
-
-def canonical(record: Any) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-
-
-async def prepare(settings: Settings) -> None:
-    names = [
-        *settings.input_topics.values(),
-        settings.topic_ticks,
-        settings.topic_triggers,
-        settings.topic_dlq,
-    ]
-    await ensure_topics(settings, names, settings.partitions)
 
 
 async def send_raw(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
@@ -220,39 +206,6 @@ def test_a_quiet_partition_still_fires_its_drop_offs(
         trigger = orjson.loads(record[1])
         assert (trigger["journey"], trigger["missed_step"]) == ("cart_to_purchase", "checkout")
         assert trigger["user_id"] == "quiet-user"
-
-
-@pytest.mark.timeout(600)
-def test_a_killed_worker_is_replaced_without_losing_a_trigger(
-    kafka_settings: Settings, tmp_path: Path
-) -> None:
-    settings = kafka_settings.model_copy(update=FAST)
-    lines = list(generate(users=3000, seed=5, start_ms=START, bad_ratio=0.0))
-    expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
-    half = len(lines) // 2
-    run(prepare(settings))
-    first = WorkerProcess(settings, tmp_path, name="first").start()
-    try:
-        run(produce(settings, lines[:half]))
-        assert wait_for(
-            lambda: first.metrics()
-            and sum_metric(first.metrics(), "linkwatch_events_total") > half // 3,
-            timeout=120,
-        ), first.tail_log()
-    finally:
-        first.kill()  # kill -9 in the middle of the stream: no graceful anything
-    run(produce(settings, lines[half:]))
-    with WorkerProcess(settings, tmp_path, name="second") as second:
-
-        def all_fired() -> bool:
-            ids = set(trigger_ids(run(read_topic(settings, settings.topic_triggers))))
-            return expected_ids <= ids
-
-        assert wait_for(all_fired, timeout=300, interval=3), second.tail_log()
-    ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
-    assert set(ids) == expected_ids  # nothing missing, nothing invented
-    duplicates = len(ids) - len(set(ids))  # re-sent after the crash, with the same ids
-    print(f"triggers {len(ids)}, unique {len(set(ids))}, duplicates {duplicates}")
 
 
 def test_the_rocksdb_store_gives_the_same_triggers(

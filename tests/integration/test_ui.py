@@ -20,10 +20,8 @@ from linkwatch.produce import produce
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
 from linkwatch.suppression import in_holdout
-from tests.integration.workers import WorkerProcess, run, sum_metric, wait_for
+from tests.integration.workers import FAST, START, WorkerProcess, run, sum_metric, wait_for
 
-START = 1_732_233_600_000  # historic: once idle, the worker closes every journey of it
-FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
 # Links judged every 5 s over a minute, so real-time dead ends break a link within seconds.
 LINKS = ('window = "1h"\nbucket = "5m"', 'window = "1m"\nbucket = "5s"')
 BROKEN_LINK = "lk-ui-dead"

@@ -19,6 +19,27 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from linkwatch.broker import free_port
 from linkwatch.settings import Settings
+from linkwatch.topics import ensure_topics
+
+START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes everything
+# Short timers, so tests end soon after their input does.
+FAST = {"idle_timeout": "2s", "tick_interval": "200ms", "commit_interval": 0.5}
+
+
+def canonical(record: Any) -> bytes:
+    """One byte string per JSON value, whatever the key order."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+async def prepare(settings: Settings) -> None:
+    """The input, ticks, triggers and dead-letter topics, with the configured partitions."""
+    names = [
+        *settings.input_topics.values(),
+        settings.topic_ticks,
+        settings.topic_triggers,
+        settings.topic_dlq,
+    ]
+    await ensure_topics(settings, names, settings.partitions)
 
 
 class WorkerProcess:
@@ -50,6 +71,20 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready in {ready_timeout} s:\n{self.tail_log()}")
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the worker process now, in MiB (0 once it is gone)."""
+        assert self.process is not None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        return kib / 1024
+
     def get(self, path: str, quiet: bool = False) -> int:
         try:
             with urllib.request.urlopen(self.url + path, timeout=2) as response:  # noqa: S310
@@ -67,6 +102,13 @@ class WorkerProcess:
             for sample in family.samples:
                 samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
         return samples
+
+    def metrics_value(self, name: str, **labels: str) -> float:
+        """One metric summed over its samples (with these labels); 0 when nothing answers."""
+        try:
+            return sum_metric(self.metrics(), name, **labels)
+        except OSError:
+            return 0.0
 
     def terminate(self, timeout: float) -> int:
         """SIGTERM; the exit code (raises if it takes longer than `timeout`)."""

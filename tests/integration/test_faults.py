@@ -1,0 +1,278 @@
+"""The fault suite: workers killed with SIGKILL, a rebalance onto a survivor, the broker down
+for a while, and a long soak. Each run is checked against the replay oracle: no trigger
+missing, none invented or altered, duplicates only as copies with the same `trigger_id`.
+
+`make test` runs a fast variant of each; `make faults` (pytest --faults) the long ones."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from linkwatch.broker import EmbeddedBroker
+from linkwatch.produce import endless_traffic, produce
+from linkwatch.settings import Settings
+from linkwatch.simulate import generate
+from tests.integration.faults import (
+    expected_triggers,
+    handled,
+    kill_at_random_points,
+    s3_server,
+    wait_until_delivered,
+)
+from tests.integration.workers import (
+    FAST,
+    START,
+    WorkerProcess,
+    prepare,
+    run,
+    sum_metric,
+    wait_for,
+)
+
+FAULTS_TIMEOUT = 5400  # the long variants: CI does not run them
+FAST_TIMEOUT = pytest.mark.timeout(900)
+
+
+@pytest.mark.parametrize(
+    ("users", "kills", "longest"),
+    [
+        pytest.param(2000, 2, 4.0, id="12k-events-2-kills", marks=FAST_TIMEOUT),
+        pytest.param(
+            34_000,
+            5,
+            40.0,
+            id="200k-events-5-kills",
+            marks=[pytest.mark.faults, pytest.mark.timeout(FAULTS_TIMEOUT)],
+        ),
+    ],
+)
+def test_kill_9_at_random_points_loses_no_trigger(
+    kafka_settings: Settings, tmp_path: Path, users: int, kills: int, longest: float
+) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    lines = list(generate(users=users, seed=5, start_ms=START, bad_ratio=0.0))
+    expected = expected_triggers(lines)
+    run(prepare(settings))
+    assert run(produce(settings, lines)) == len(lines)
+    seed = users * 31 + kills
+    print(f"{len(lines)} events, {len(expected)} triggers expected, kill points seed {seed}")
+    worker = kill_at_random_points(settings, tmp_path, kills, random.Random(seed), longest=longest)
+    try:
+        result = wait_until_delivered(settings, expected, worker, timeout=600 + len(lines) / 100)
+    finally:
+        worker.kill()
+    print(result.summary())
+    assert not result.missing, f"{result.summary()}\n{worker.tail_log()}"
+    assert not result.invented
+    assert not result.altered  # a re-sent trigger is the same trigger, byte for byte
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        pytest.param(1000, id="6k-events", marks=FAST_TIMEOUT),
+        pytest.param(
+            17_000,
+            id="100k-events",
+            marks=[pytest.mark.faults, pytest.mark.timeout(FAULTS_TIMEOUT)],
+        ),
+    ],
+)
+def test_the_survivor_of_a_pair_takes_over_and_fires_the_dead_ones_deadlines(
+    kafka_settings: Settings, tmp_path: Path, users: int
+) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    lines = list(generate(users=users, seed=9, start_ms=START, bad_ratio=0.0))
+    expected = expected_triggers(lines)
+    run(prepare(settings))
+    first = WorkerProcess(settings, tmp_path, name="first").start()
+    second = WorkerProcess(settings, tmp_path, name="second").start()
+    try:
+
+        def split() -> bool:
+            """Both own partitions, as a group of two must after its rebalance."""
+            owned = [w.metrics_value("linkwatch_partitions_assigned") for w in (first, second)]
+            return all(count >= 1 for count in owned) and sum(owned) == settings.partitions
+
+        assert wait_for(split, timeout=120), first.tail_log() + "\n" + second.tail_log()
+        half = len(lines) // 2
+        assert run(produce(settings, lines[:half])) == half
+        assert wait_for(lambda: handled(first) > 0 and handled(second) > 0, timeout=120)
+        first.kill()  # SIGKILL: its partitions hold open journeys and pending deadlines
+        assert run(produce(settings, lines[half:])) == len(lines) - half
+
+        def took_over() -> bool:
+            return second.metrics_value("linkwatch_partitions_assigned") == settings.partitions
+
+        assert wait_for(took_over, timeout=180), second.tail_log()
+        result = wait_until_delivered(settings, expected, second, timeout=600 + len(lines) / 100)
+        assert second.alive, second.tail_log()  # it survived
+    finally:
+        first.kill()
+        second.kill()
+    print(result.summary())
+    assert not result.missing, f"{result.summary()}\n{second.tail_log()}"
+    assert not result.invented
+    assert not result.altered
+
+
+@pytest.mark.parametrize(
+    ("users", "outage"),
+    [
+        pytest.param(200, 15.0, id="1k-events-15s", marks=FAST_TIMEOUT),
+        pytest.param(
+            1000,
+            30.0,
+            id="6k-events-30s",
+            marks=[pytest.mark.faults, pytest.mark.timeout(FAULTS_TIMEOUT)],
+        ),
+    ],
+)
+def test_the_worker_rides_out_a_broker_outage(tmp_path: Path, users: int, outage: float) -> None:
+    """The broker stops mid-run and comes back `outage` seconds later with its data (Tansu's
+    s3:// storage engine on a local S3 server): the same worker process carries on.
+
+    Small runs: moto, the S3 server, serves Tansu a few hundred records/s on this machine."""
+    with s3_server(tmp_path) as s3:
+        broker = EmbeddedBroker(
+            log_dir=tmp_path, extra_args=["--storage-engine", "s3://tansu/"], env=s3
+        )
+        with broker:
+            settings = Settings(brokers=broker.url).namespaced(
+                "outage", data_dir=tmp_path / "state"
+            )
+            settings = settings.model_copy(update=FAST)
+            lines = list(generate(users=users, seed=13, start_ms=START, bad_ratio=0.0))
+            expected = expected_triggers(lines)
+            run(prepare(settings))
+            half = len(lines) // 2
+            assert run(produce(settings, lines[:half])) == half
+            with WorkerProcess(settings, tmp_path) as worker:
+                assert wait_for(lambda: handled(worker) > 0, timeout=120), worker.tail_log()
+                broker.stop()
+                print(f"broker stopped at {handled(worker):.0f} records handled")
+                time.sleep(outage)
+                assert worker.alive, worker.tail_log()
+                broker.start()
+                assert run(produce(settings, lines[half:])) == len(lines) - half
+                result = wait_until_delivered(
+                    settings, expected, worker, timeout=600 + len(lines) / 100
+                )
+                assert worker.alive, worker.tail_log()  # the same process, all along
+                assert worker.get("/healthz", quiet=True) == 200
+    print(result.summary())
+    assert not result.missing, f"{result.summary()}\n{worker.tail_log()}"
+    assert not result.invented
+    assert not result.altered
+
+
+SOAK_START = 1_577_836_800_000  # 2020-01-01: years of event time fit before the clock
+SOAK_SPACING = 30 * 86_400_000  # one simulated population every 30 days of event time
+
+
+def soak_traffic() -> Iterator[bytes]:
+    """Endless simulated populations of 1,000 users, 30 days of event time apart: each one's
+    journeys and (90-day) profiles end while later ones arrive, so under steady traffic the
+    state must stop growing once the first populations expire."""
+    starts = itertools.count(SOAK_START, SOAK_SPACING)
+    return endless_traffic(
+        seed=100, users=1000, bad_ratio=0.001, wall_clock_ms=lambda: next(starts)
+    )
+
+
+@dataclass
+class Sample:
+    t: float  # seconds into the soak
+    produced: int
+    handled: float
+    rss_mb: float
+    users: float
+    entities: float
+
+    @property
+    def lag(self) -> float:
+        return self.produced - self.handled
+
+
+@pytest.mark.parametrize(
+    "minutes",
+    [
+        pytest.param(1.5, id="90s", marks=FAST_TIMEOUT),
+        pytest.param(
+            15.0, id="15min", marks=[pytest.mark.faults, pytest.mark.timeout(FAULTS_TIMEOUT)]
+        ),
+    ],
+)
+def test_a_soak_at_half_the_maximum_rate_keeps_memory_lag_and_state_bounded(
+    kafka_settings: Settings, tmp_path: Path, minutes: float
+) -> None:
+    settings = kafka_settings.model_copy(update=FAST)
+    run(prepare(settings))
+    traffic = soak_traffic()
+    # The maximum rate: a backlog, drained by a worker started after it was written.
+    backlog = list(itertools.islice(traffic, 10_000 if minutes < 5 else 30_000))
+    assert run(produce(settings, backlog)) == len(backlog)
+    produced = [len(backlog)]
+    with WorkerProcess(settings, tmp_path) as worker:
+        began = time.monotonic()
+        assert wait_for(lambda: handled(worker) >= len(backlog), timeout=600, interval=0.2)
+        maximum = len(backlog) / (time.monotonic() - began)
+        rate = maximum / 2
+        print(
+            f"maximum {maximum:.0f} records/s ({len(backlog)}-record backlog); soak at {rate:.0f}/s"
+        )
+
+        def send() -> None:
+            def count(n: int) -> None:
+                produced[0] = len(backlog) + n
+
+            soak = itertools.islice(traffic, int(rate * minutes * 60))
+            run(produce(settings, soak, rate=rate, on_sent=count))
+
+        sender = threading.Thread(target=send, daemon=True)
+        samples: list[Sample] = []
+        start = time.monotonic()
+        sender.start()
+        while sender.is_alive():
+            try:
+                metrics = worker.metrics()
+            except OSError:  # a scrape that timed out under load: the next one counts
+                continue
+            samples.append(
+                Sample(
+                    t=time.monotonic() - start,
+                    produced=produced[0],
+                    handled=handled(worker),
+                    rss_mb=worker.rss_mb(),
+                    users=sum_metric(metrics, "linkwatch_state_keys", stage="users"),
+                    entities=sum_metric(metrics, "linkwatch_state_keys", stage="entities"),
+                )
+            )
+            time.sleep(5)
+        sender.join()
+        assert wait_for(lambda: handled(worker) >= produced[0], timeout=120), worker.tail_log()
+        assert worker.alive
+
+    print("   t(s)  produced   lag  rss(MiB)  users  entities")
+    for s in samples[:: max(1, len(samples) // 30)]:
+        row = f"{s.t:7.0f} {s.produced:9d} {s.lag:5.0f} {s.rss_mb:9.1f}"
+        print(f"{row} {s.users:6.0f} {s.entities:9.0f}")
+    third = len(samples) // 3
+    warm, end = samples[third : third + max(1, third // 2)], samples[-max(1, third // 2) :]
+    rss_warm = sum(s.rss_mb for s in warm) / len(warm)
+    rss_end = sum(s.rss_mb for s in end) / len(end)
+    drift = (rss_end - rss_warm) / rss_warm
+    print(f"RSS after warm-up {rss_warm:.1f} MiB, at the end {rss_end:.1f} MiB: drift {drift:+.1%}")
+    assert drift < 0.10
+    # Lag: the worker keeps up, bursts aside (bounded by seconds of traffic, not growing).
+    assert max(s.lag for s in samples[third:]) <= max(2_000, rate * 30)
+    # State: users of populations whose journeys and profiles have ended are forgotten.
+    assert max(s.users for s in samples[-third:]) <= 1.1 * max(s.users for s in samples[:-third])
