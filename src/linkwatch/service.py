@@ -297,7 +297,8 @@ class LiveJourneys:
             handled = self.offsets.get((topic, partition))
             if handled is None:
                 committed = self.committed(tp) if self.committed is not None else None
-                handled = committed - 1 if committed is not None else -1
+                # Faust records "never committed" as -1.
+                handled = committed - 1 if committed is not None and committed > 0 else -1
             return high is not None and high > handled + 1
 
         return backlog

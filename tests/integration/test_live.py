@@ -174,6 +174,13 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     assert sum_metric(metrics, "faust_messages_received_total") > 0  # Faust's own sensor too
 
 
+def daytime_zone(now_ms: int) -> str:
+    """A fixed-offset IANA zone where it is now between 10:00 and 20:00."""
+    hour = time.gmtime(now_ms / 1000).tm_hour
+    offset = next(h for h in range(-12, 15) if 10 <= (hour + h) % 24 < 20)
+    return f"Etc/GMT{-offset:+d}"  # the Etc/GMT zones count the other way round
+
+
 def test_a_quiet_partition_still_fires_its_drop_offs(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -193,6 +200,7 @@ def test_a_quiet_partition_still_fires_its_drop_offs(
             "link_id": "l1",
             "url": "https://shop.example/cart",
             "page": "cart",
+            "tz": daytime_zone(now),  # quiet hours (22:00-08:00 local) would hold it back
         }
         run(send_raw(settings, settings.topic_click, b"quiet-user", orjson.dumps(cart)))
 
