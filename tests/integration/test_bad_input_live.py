@@ -41,11 +41,12 @@ from linkwatch.journeys import load_journeys
 from linkwatch.replay import replay_lines
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
-from linkwatch.topics import ensure_topics
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.fuzz import Sent, load_corpus, mutations
 from tests.integration.workers import (
+    START,
     WorkerProcess,
+    prepare,
     read_topic,
     resolution_ids,
     run,
@@ -54,7 +55,6 @@ from tests.integration.workers import (
     wait_for,
 )
 
-START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes everything
 CORPUS_TIME = START + 10 * 60_000  # the event time of the corpus's valid records
 # A topic silent for idle_timeout stops holding its partition's watermark back. Whether one with
 # records waiting looks silent depends on how fresh the worker's highwater is, and a worker
@@ -226,16 +226,6 @@ def the_differences(live: list[Any], expected: Oracle) -> dict[str, list[Any]]:
         "extra": [t for t in published if t.get("trigger_id") in ids - wanted],
         "missing": [t for t in expected_records if t.get("trigger_id") in wanted - ids],
     }
-
-
-async def prepare(settings: Settings) -> None:
-    names = [
-        *settings.input_topics.values(),
-        settings.topic_ticks,
-        settings.topic_triggers,
-        settings.topic_dlq,
-    ]
-    await ensure_topics(settings, names, settings.partitions)
 
 
 def check_bad_input_live(
