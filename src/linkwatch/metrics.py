@@ -151,6 +151,12 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.recovery_reseeks = Counter(
+            "linkwatch_recovery_reseeks_total",
+            "Changelog partitions sought again because table recovery read nothing from them "
+            "for LINKWATCH_RECOVERY_STALL_TIMEOUT",
+            registry=registry,
+        )
         self.deadline_delay = Histogram(
             "linkwatch_deadline_fire_delay_seconds",
             "Wall clock at which a drop-off fired minus its deadline (real-time traffic)",

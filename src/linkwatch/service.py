@@ -51,6 +51,7 @@ from linkwatch.live_entities import LiveEntities, send_marks, send_signals
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
+from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
@@ -458,6 +459,9 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
             await ticks.send(value=b"", partition=partition)
 
     app.timer(interval=settings.tick_interval_s)(send_ticks)
+
+    watchdog = RecoveryWatchdog(app, settings.recovery_stall_timeout, metrics.recovery_reseeks.inc)
+    app.timer(interval=min(5.0, settings.recovery_stall_timeout / 2))(watchdog.check)
 
     if settings.journeys_file is not None and settings.reload_interval > 0:
         watcher = JourneysWatcher(settings.journeys_file, journeys, live.reload, registry)

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         "unreachable) before it is sent again; Faust's default is 20 minutes",
     )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
+    recovery_stall_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a table recovery may read nothing from a changelog partition it "
+        "has not finished before that partition is sought again",
+    )
     shutdown_timeout: float = Field(default=10.0, gt=0, description="Bound on SIGTERM shutdown")
 
     @field_validator("idle_timeout", "tick_interval", "allowed_lateness")
