@@ -300,9 +300,9 @@ class LiveJourneys:
                 committed = self.committed(tp) if self.committed is not None else None
                 # Faust records "never committed" as -1.
                 handled = committed - 1 if committed is not None and committed > 0 else -1
-            # No highwater yet: the consumer has not fetched the topic since it was assigned,
-            # so nothing says it is read to its end.
-            return high is None or high > handled + 1
+            # No highwater: nothing known to be waiting (taking it for busy could hold the
+            # watermark for good if the broker never reports one for an empty partition).
+            return high is not None and high > handled + 1
 
         return backlog
 
