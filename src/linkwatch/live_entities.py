@@ -37,7 +37,7 @@ from linkwatch.entities import (
     load_signal,
 )
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
-from linkwatch.store import BytesTable, WriteBackStore, load_partitions
+from linkwatch.store import BytesTable, WriteBackStore, load_partitions, log_oversized
 
 log = logging.getLogger("linkwatch.entities")
 
@@ -80,6 +80,7 @@ class LiveEntities:
     on_measures: Callable[[list[Measure]], None]
     on_offered: Callable[[Offered], None] = lambda _: None
     on_published: Callable[[list[EntityOutput]], None] = lambda _: None  # after delivery: /ui
+    on_oversized: Callable[[str, int], None] = log_oversized  # (kind, bytes): too big to write
     stages: dict[int, EntityStage] = field(default_factory=dict)
     stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
     # partition → level → upstream partition → latest mark
@@ -105,6 +106,8 @@ class LiveEntities:
         store: WriteBackStore[EntityRecord] = WriteBackStore(
             self.records, partition, records, self._encoder(probe)
         )
+        store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
+        store.on_oversized = self.on_oversized
         stage = self.new_stage(store)
         saved = self.progress.get(f"entities:{partition}".encode())
         progress = orjson.loads(saved) if saved else {}

@@ -151,6 +151,13 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.state_oversized = Counter(
+            "linkwatch_state_oversized_total",
+            "State values too big for a changelog record, kept in memory only (a crash loses "
+            "their changes since the last write), by kind: user, group, link, ...",
+            ["kind"],
+            registry=registry,
+        )
         self.recovery_reseeks = Counter(
             "linkwatch_recovery_reseeks_total",
             "Changelog partitions sought again because table recovery read nothing from them "

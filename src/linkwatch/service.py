@@ -55,7 +55,7 @@ from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
-from linkwatch.store import PartitionStore, load_partitions
+from linkwatch.store import PartitionStore, load_partitions, log_oversized
 from linkwatch.triggers import Resolution, Trigger
 from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
@@ -135,6 +135,7 @@ class LiveJourneys:
         wanted = (owned - set(self.processors)) | {partition}
         for number, states in load_partitions(self.states, wanted).items():
             store = PartitionStore(self.states, number, states)
+            store.on_oversized = oversized_counter(self.metrics)
             processor = PartitionProcessor(
                 self.engine,
                 store,
@@ -391,6 +392,16 @@ class LinkWatchApp:
         return {tp.partition for tp in assignment if tp.topic == self.settings.topic_ticks}
 
 
+def oversized_counter(metrics: Metrics) -> Callable[[str, int], None]:
+    """Reports a state value too big for the changelog: counted, and logged by kind."""
+
+    def oversized(kind: str, size: int) -> None:
+        metrics.state_oversized.labels(kind).inc()
+        log_oversized(kind, size)
+
+    return oversized
+
+
 def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWatchApp:
     """Build the Faust app with everything injected; nothing global, nothing hard-coded."""
     journeys = journeys or load_journeys(settings.journeys_file)
@@ -568,6 +579,8 @@ def _entity_stage(
         on_measures=metrics.count_measures,
         on_offered=offered,
     )
+
+    live.on_oversized = oversized_counter(metrics)
 
     @app.agent(signals, name="linkwatch.entities")
     async def entities_agent(stream: faust.StreamT[bytes]) -> None:

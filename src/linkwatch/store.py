@@ -8,8 +8,9 @@ those changes produced have been delivered, so a durable state never implies a l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from linkwatch.state import UserState, dump_state, load_state
 
@@ -22,6 +23,13 @@ class BytesTable(Protocol):
     def __contains__(self, key: object) -> bool: ...
     def items(self) -> Iterable[tuple[Any, Any]]: ...
 
+
+log = logging.getLogger(__name__)
+
+# A changelog record must fit the broker's message size (Kafka's default max.message.bytes
+# is 1 MB, and aiokafka refuses a bigger record): one that does not would crash the worker's
+# producer and stop the stream. Such a value stays in memory only, and is reported.
+MAX_VALUE_BYTES: Final = 900_000
 
 V = TypeVar("V")
 # (key, value, partition) → the bytes stored; the partition is kept in the value so that
@@ -40,6 +48,10 @@ class WriteBackStore(MutableMapping[str, V], Generic[V]):
         self._states = states
         self._encode = encode
         self._dirty: set[str] = set()
+        # Told (key kind, size) of a value too big to write; the service logs and counts it.
+        self.on_oversized: Callable[[str, int], None] = log_oversized
+        # What a key stands for, without naming it (user ids never go into logs or labels).
+        self.kind_of: Callable[[str], str] = lambda key: "user"
 
     def __getitem__(self, user_id: str) -> V:
         return self._states[user_id]
@@ -72,12 +84,25 @@ class WriteBackStore(MutableMapping[str, V], Generic[V]):
             key = user_id.encode()
             state = self._states.get(user_id)
             if state is not None:
-                self._table[key] = self._encode(user_id, state, self.partition)
+                value = self._encode(user_id, state, self.partition)
+                if len(value) > MAX_VALUE_BYTES:
+                    self.on_oversized(self.kind_of(user_id), len(value))
+                    continue
+                self._table[key] = value
             elif key in self._table:
                 del self._table[key]
             written += 1
         self._dirty.clear()
         return written
+
+
+def log_oversized(kind: str, size: int) -> None:
+    log.error(
+        "a %s state of %d bytes is too big for the changelog (limit %d): kept in memory only",
+        kind,
+        size,
+        MAX_VALUE_BYTES,
+    )
 
 
 class PartitionStore(WriteBackStore[UserState]):
