@@ -562,7 +562,7 @@ def _entity_stage(
     )
 
     def new_stage(store: Any) -> EntityStage:
-        return EntityStage(logics, store, levels)
+        return EntityStage(logics, store, levels, journeys.max_pending)
 
     def offered(verdict: Offered) -> None:
         if verdict is not Offered.ACCEPTED:
