@@ -289,30 +289,3 @@ def test_replaying_the_sample_refuses_no_signal(default_journeys: JourneySet) ->
         report = replay_lines(lines, default_journeys, close_open=True).report
     assert report.signals_refused == 0
     assert report.records  # and the sample does show alerts and tier changes
-
-
-def test_a_busy_entity_holds_at_most_max_pending_signals_and_the_result_is_the_same() -> None:
-    """Live, a lagging partition can hold the watermark back while a campaign keeps receiving
-    signals (the 100k rebalance run grew one record past a Kafka message). Beyond
-    `max_pending`, the oldest are applied at once: in event-time order, so with signals that
-    arrive in order the outputs are those of waiting for the watermark."""
-    signals = [tally("a", T0 + i * MIN, i) for i in range(5 * 60)]  # five hours, in order
-    capped = EntityStage([TallyLogic(), TotalLogic()], levels=(2, 3), max_pending=50)
-    outputs: list[EntityOutput] = []
-    for sig in signals:
-        assert capped.offer(sig) is Offered.ACCEPTED
-        assert len(capped.store[record_key(2, "tally:a")].pending) <= 50
-        outputs.extend(out for out in capped.take_forced() if not isinstance(out, Signal))
-        # (forwarded signals go to level 3 through `run`, offline)
-    until = T0 + 8 * HOUR
-    uncapped = stage()
-    for sig in signals:
-        uncapped.offer(sig)
-    expected = uncapped.run(until)
-    capped_forced = [out for out in outputs if isinstance(out, Measure) and out.name == "tally"]
-    assert capped_forced  # some buckets closed on arrival, before any watermark
-    got = capped_forced + [o for o in capped.run(until) if isinstance(o, Measure)]
-    tallies = sorted(o.labels for o in got if o.name == "tally")
-    assert tallies == sorted(
-        o.labels for o in expected if isinstance(o, Measure) and o.name == "tally"
-    )

@@ -159,30 +159,3 @@ def test_a_declared_source_with_nothing_to_read_goes_idle(cart_journeys: Journey
     assert p.watermark is None  # buys has records waiting: busy, not idle
     p.process(decode_event(cart("d", at(42), user="u4")), "clicks", WALL + IDLE + 1)
     assert p.watermark == at(42) - 10_000
-
-
-def test_the_clock_never_moves_the_watermark_past_records_waiting_to_be_read(
-    cart_journeys: JourneySet,
-) -> None:
-    """Found by the 200k-event kill -9 run: a worker starting on a big backlog had read clicks
-    of one partition, not yet its purchases, and then read nothing of that partition for longer
-    than the idle timeout (the consumer was busy with the others). The tick took the partition
-    for idle and moved its watermark to the clock, making all its waiting events late."""
-    p = PartitionProcessor(
-        JourneyEngine(cart_journeys),
-        idle_timeout_ms=IDLE,
-        started_at=WALL,
-        sources=["clicks", "buys"],
-    )
-    p.process(decode_event(cart("a", at(0))), "clicks", WALL)
-    waiting = {"clicks": True, "buys": True}
-    assert p.on_tick(WALL + 10 * IDLE, waiting.get) == []
-    assert p.watermark is None
-    waiting = {"clicks": False, "buys": True}  # only purchases wait: still not idle
-    assert p.on_tick(WALL + 11 * IDLE, waiting.get) == []
-    assert p.watermark is None
-    buy = raw("purchase", event_id="b", user_id="u9", ts=at(1))
-    late = p.process(decode_event(buy), "buys", WALL + 60)
-    assert late.verdict is Verdict.ACCEPTED
-    # Nothing waits any more, and everything has been silent: now the clock moves it.
-    assert [t.missed_step for t in triggers(p.on_tick(WALL + 12 * IDLE, {}.get))] == ["checkout"]

@@ -164,7 +164,6 @@ class EntityStage:
         logics: Sequence[EntityLogic],
         store: MutableMapping[str, EntityRecord] | None = None,
         levels: Sequence[int] = (ENTITY_LEVEL,),
-        max_pending: int = 512,
     ) -> None:
         self.logics: dict[str, EntityLogic] = {}
         for logic in logics:
@@ -177,14 +176,6 @@ class EntityStage:
         # superseded entries are skipped when popped.
         self._wakeups: dict[int, list[tuple[int, str]]] = {level: [] for level in self.levels}
         self._due: dict[str, int] = {}
-        # Signals one entity may hold waiting for the watermark. Live, a lagging partition
-        # holds the watermark back (a backlog, a takeover) while a busy entity (a campaign)
-        # keeps receiving: beyond this, its oldest signals are applied at once, as a user's
-        # events are beyond `max_pending`. Bounds the record (and its changelog rewrites).
-        self.max_pending = max_pending
-        # Outputs of signals applied at once on arrival; `take_forced` (live, right after the
-        # offer) or the next `advance` hands them on.
-        self.forced: list[EntityOutput] = []
 
     def logic_of(self, entity: str) -> EntityLogic | None:
         return self.logics.get(entity.partition(":")[0])
@@ -205,28 +196,11 @@ class EntityStage:
         elif any(p.signal_id == sig.signal_id for p in record.pending):
             return Offered.DUPLICATE
         pending = tuple(sorted((*record.pending, sig), key=_signal_order))
-        if len(pending) > self.max_pending:
-            logic = self.logic_of(sig.entity)
-            assert logic is not None  # checked above
-            now = pending[len(pending) - self.max_pending - 1].ts  # the newest to apply now
-            state, pending = self._run(
-                logic, sig.entity, EntityRecord(record.state, pending), now, self.forced
-            )
-            if state is None and not pending:
-                del self.store[key]
-                return Offered.ACCEPTED
-            self.store[key] = EntityRecord(state, pending)
-            self._schedule(sig.level, key, _next_time(logic, state, pending))
-            return Offered.ACCEPTED
         self.store[key] = EntityRecord(record.state, pending)
         due = self._due.get(key)
         if due is None or sig.ts < due:
             self._schedule(sig.level, key, sig.ts)
         return Offered.ACCEPTED
-
-    def take_forced(self) -> list[EntityOutput]:
-        forced, self.forced = self.forced, []
-        return forced
 
     def _schedule(self, level: int, key: str, at: int) -> None:
         self._due[key] = at
@@ -240,9 +214,9 @@ class EntityStage:
         `offer`, live onto the signals topic)."""
         current = self.watermarks[level]
         if current is not None and watermark <= current:
-            return self.take_forced()
+            return []
         self.watermarks[level] = watermark
-        outputs: list[EntityOutput] = self.take_forced()
+        outputs: list[EntityOutput] = []
         wakeups = self._wakeups[level]
         due = self._due
         while wakeups and wakeups[0][0] <= watermark:
@@ -388,7 +362,7 @@ def build_entity_stage(
     logics, levels = entity_logics(journeys)
     if not logics:
         return None
-    return EntityStage(logics, store, levels, journeys.max_pending)
+    return EntityStage(logics, store, levels)
 
 
 def entity_metric_specs() -> list[MetricSpec]:

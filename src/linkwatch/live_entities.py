@@ -146,9 +146,6 @@ class LiveEntities:
             await self._on_mark(partition, stage, data)
         else:
             self.on_offered(stage.offer(load_signal(data)))
-            forced = stage.take_forced()
-            if forced:  # signals applied at once (too many waiting): delivered before flush
-                await self._deliver(forced)
             self.stores[partition].flush()
 
     async def _on_mark(self, partition: int, stage: EntityStage, mark: dict[str, Any]) -> None:

@@ -128,12 +128,7 @@ class PartitionProcessor:
             # every event that does arrive (e.g. a backfill of older data) late.
             return []
         target = self._event_watermark(now_ms, backlog)
-        if target is None:  # every source idle, or one not reported yet
-            if backlog is not None and any(backlog(name) for name in self.sources):
-                # Records are waiting to be read (a consumer busy with other partitions can
-                # leave this one unread for longer than the idle timeout): they move the
-                # watermark, not the clock, or every one of them would be late.
-                return []
+        if target is None:  # every source idle
             since = max(
                 (c.seen_at or 0 for c in self.sources.values() if c.max_ts is not None),
                 default=self.started_at or 0,

@@ -301,8 +301,6 @@ class LiveJourneys:
                 committed = self.committed(tp) if self.committed is not None else None
                 # Faust records "never committed" as -1.
                 handled = committed - 1 if committed is not None and committed > 0 else -1
-            # No highwater: nothing known to be waiting (taking it for busy could hold the
-            # watermark for good if the broker never reports one for an empty partition).
             return high is not None and high > handled + 1
 
         return backlog
@@ -562,7 +560,7 @@ def _entity_stage(
     )
 
     def new_stage(store: Any) -> EntityStage:
-        return EntityStage(logics, store, levels, journeys.max_pending)
+        return EntityStage(logics, store, levels)
 
     def offered(verdict: Offered) -> None:
         if verdict is not Offered.ACCEPTED:
