@@ -300,10 +300,24 @@ class EmbeddedBroker:
         try:
             response = await conn.send(SaslHandShakeRequest("SCRAM-SHA-512"))
         finally:
-            conn.close()
+            await close_conn(conn)
         error = for_code(response.error_code)
         if response.error_code != 0:
             raise error(f"the SASL handshake on {self.bootstrap} was refused")
+
+
+async def close_conn(conn: Any, timeout: float = 5.0) -> None:
+    """Close an aiokafka connection and wait until its socket is closed. `close` only starts
+    it: a TLS connection says goodbye to its peer first, and an event loop that ends before
+    then leaves the socket open, to be collected later as an unraisable ResourceWarning."""
+    writer = conn._writer  # aiokafka's connection has no way to wait for its close
+    conn.close()
+    if writer is None:
+        return
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except Exception:  # a peer that never answers, or a TLS error on the way out
+        writer.transport.abort()
 
 
 def free_port() -> int:
