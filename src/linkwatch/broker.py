@@ -312,8 +312,14 @@ async def close_conn(conn: Any, timeout: float = 5.0) -> None:
     then leaves the socket open, to be collected later as an unraisable ResourceWarning."""
     writer = conn._writer  # aiokafka's connection has no way to wait for its close
     conn.close()
-    if writer is None:
-        return
+    if writer is not None:
+        await wait_closed(writer, timeout)
+
+
+async def wait_closed(writer: asyncio.StreamWriter, timeout: float = 5.0) -> None:
+    """Close a stream and wait (at most `timeout`) until its socket is closed; a stream that
+    does not close in time is aborted."""
+    writer.close()
     try:
         await asyncio.wait_for(writer.wait_closed(), timeout)
     except Exception:  # a peer that never answers, or a TLS error on the way out

@@ -26,7 +26,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +50,7 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
-from linkwatch.broker import BrokerError, EmbeddedBroker, close_conn, free_port
+from linkwatch.broker import BrokerError, EmbeddedBroker, close_conn, free_port, wait_closed
 from linkwatch.produce import produce
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
@@ -257,9 +257,7 @@ class SecurityFront:
             pass
         finally:
             for stream in (writer, upstream[1]):
-                stream.close()
-                with suppress(Exception):
-                    await stream.wait_closed()
+                await wait_closed(stream)
 
     async def _login(
         self,
