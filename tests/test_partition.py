@@ -159,3 +159,27 @@ def test_a_declared_source_with_nothing_to_read_goes_idle(cart_journeys: Journey
     assert p.watermark is None  # buys has records waiting: busy, not idle
     p.process(decode_event(cart("d", at(42), user="u4")), "clicks", WALL + IDLE + 1)
     assert p.watermark == at(42) - 10_000
+
+
+def test_the_clock_never_moves_the_watermark_past_records_waiting_to_be_read(
+    cart_journeys: JourneySet,
+) -> None:
+    """A backfill: clicks were read first, purchases (declared, not reported yet) are still
+    waiting. However long the wait, a tick must not jump the watermark to the clock, or every
+    waiting purchase would arrive late."""
+    p = PartitionProcessor(
+        JourneyEngine(cart_journeys),
+        idle_timeout_ms=IDLE,
+        started_at=WALL,
+        sources=["clicks", "buys"],
+    )
+    p.process(decode_event(cart("a", at(0))), "clicks", WALL)
+    waiting = {"clicks": False, "buys": True}
+    assert p.on_tick(WALL + 10 * IDLE, waiting.get) == []
+    assert p.watermark is None
+    purchase = decode_event(raw("purchase", event_id="b", user_id="u9", ts=at(1)))
+    assert p.process(purchase, "buys", WALL + 10 * IDLE, waiting.get).verdict is Verdict.ACCEPTED
+    # Once nothing waits, an idle partition follows the clock again.
+    drained = {"clicks": False, "buys": False}
+    assert triggers(p.on_tick(WALL + 20 * IDLE, drained.get))
+    assert p.watermark == WALL + 19 * IDLE

@@ -128,7 +128,11 @@ class PartitionProcessor:
             # every event that does arrive (e.g. a backfill of older data) late.
             return []
         target = self._event_watermark(now_ms, backlog)
-        if target is None:  # every source idle
+        if target is None:  # every source idle, or one has not reported yet
+            if backlog is not None and any(backlog(name) for name in self.sources):
+                # Records still waiting: the clock must not outrun them, or every one of
+                # them would be late (a backlog whose other topic has not been read yet).
+                return []
             since = max(
                 (c.seen_at or 0 for c in self.sources.values() if c.max_ts is not None),
                 default=self.started_at or 0,
