@@ -8,7 +8,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from linkwatch.settings import Settings
 from linkwatch.state import load_state
 from tests.builders import raw
 from tests.test_reload import BOTH, BROWSE, CHECKOUT, SETTINGS, WITHOUT_BROWSE
+from tests.test_service import message as service_message
 
 # -- the watcher -----------------------------------------------------------------------------
 
@@ -193,12 +193,7 @@ class Topic:
 
 
 def message(topic: str, key: bytes | None, value: bytes, partition: int = 0) -> Any:
-    tp = SimpleNamespace(topic=topic, partition=partition, _replace=lambda **kw: None)
-    return SimpleNamespace(
-        message=SimpleNamespace(
-            topic=topic, partition=partition, offset=0, key=key, value=value, tp=tp
-        )
-    )
+    return service_message(topic, 0, key, value, partition)
 
 
 def tick(partition: int = 0) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.streams import current_event
 from prometheus_client import CollectorRegistry
 
 from linkwatch.journeys import JourneySet
@@ -29,9 +30,13 @@ class RecordingTable(dict[bytes, bytes]):
         super().__init__()
         self.log = log
         self.name = name
+        # Partition of Faust's current event at each write: where Faust would write it.
+        self.contexts: list[tuple[bytes, int | None]] = []
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.log.append((f"{self.name} written", key))
+        event = current_event()
+        self.contexts.append((key, event.message.partition if event is not None else None))
         super().__setitem__(key, value)
 
     def __delitem__(self, key: bytes) -> None:
@@ -60,11 +65,21 @@ class RecordingTopic:
         return delivered
 
 
-def message(topic: str, offset: int, key: bytes | None, value: bytes | None) -> Any:
-    tp = SimpleNamespace(topic=topic, partition=0, _replace=lambda **kw: None)
-    return SimpleNamespace(
-        message=SimpleNamespace(
-            topic=topic, partition=0, offset=offset, key=key, value=value, tp=tp
+class Event:
+    """What the service reads of a Faust event (a plain object: Faust refers to its current
+    event weakly)."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+def message(
+    topic: str, offset: int, key: bytes | None, value: bytes | None, partition: int = 0
+) -> Any:
+    tp = SimpleNamespace(topic=topic, partition=partition, _replace=lambda **kw: None)
+    return Event(
+        SimpleNamespace(
+            topic=topic, partition=partition, offset=offset, key=key, value=value, tp=tp
         )
     )
 
@@ -95,6 +110,29 @@ async def test_a_trigger_is_delivered_before_the_state_that_produced_it(
     partition, state = load_state(journeys.states[b"u1"])
     assert partition == 0
     assert state.recent  # the dedup memory that would hide a replayed event is now durable
+
+
+async def test_a_batch_delivers_every_trigger_then_writes_each_changed_state_once(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    journeys, log = live
+    batch = [
+        message("events.click", 0, b"u1", raw(event_id="a", page="cart", landing_status=404)),
+        message("events.click", 0, b"u2", raw(event_id="b", user_id="u2", page="landing"), 1),
+        message("events.click", 1, b"u1", raw(event_id="c", ts=at(1), page="cart")),
+        message("events.click", 2, b"u1", raw(event_id="d", ts=at(2), page="checkout")),
+        message("events.click", 1, b"u2", raw(event_id="e", user_id="u2", page="cart"), 1),
+    ]
+    await journeys.on_batch(batch)
+    delivered = [i for i, (what, _) in enumerate(log) if what == "trigger delivered"]
+    written = [i for i, (what, _) in enumerate(log) if what == "state written"]
+    assert delivered
+    assert max(delivered) < min(written)
+    assert sorted(key for what, key in log if what == "state written") == [b"u1", b"u2"]
+    # Each state went to its own partition: written in the context of one of its records.
+    assert sorted(journeys.states.contexts) == [(b"u1", 0), (b"u2", 1)]
+    _, state = load_state(journeys.states[b"u1"])
+    assert len(state.recent) == 3  # the three records of the batch (hashed ids)
 
 
 @pytest.mark.parametrize(
@@ -192,8 +230,8 @@ async def test_after_a_restart_a_topic_read_to_its_end_is_not_mistaken_for_backl
         )
 
     tp = namedtuple("TP", "topic partition")
-    tick = SimpleNamespace(
-        message=SimpleNamespace(
+    tick = Event(
+        SimpleNamespace(
             topic="linkwatch.ticks", partition=0, offset=0, key=None, value=b"", tp=tp("x", 0)
         )
     )

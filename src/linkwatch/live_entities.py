@@ -20,7 +20,7 @@ buffered, or refused as late once applied) and records (same id), never loses th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from linkwatch.entities import (
     load_record,
     load_signal,
 )
+from linkwatch.event_context import event_context
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import BytesTable, WriteBackStore, load_partitions, log_oversized
 
@@ -139,38 +140,70 @@ class LiveEntities:
             self.stores.pop(partition, None)
             self.marks.pop(partition, None)
 
-    async def on_message(self, partition: int, value: bytes) -> None:
-        stage = self.stage(partition)
-        data = orjson.loads(value)
-        if isinstance(data, dict):
-            await self._on_mark(partition, stage, data)
-        else:
-            self.on_offered(stage.offer(load_signal(data)))
-            self.stores[partition].flush()
+    async def on_batch(self, events: Sequence[Any]) -> None:
+        """Handle Faust events of signals and marks in order; deliver every output of the
+        batch; then write each changed record once, and each partition's progress, in the
+        event context of one of its records; send the marks for the next level last. A
+        message that fails is logged and skipped: a bug costs one signal, not the stream."""
+        outputs: list[EntityOutput] = []
+        touched: dict[int, tuple[EntityStage, Any]] = {}  # partition → (stage, an event)
+        saves: set[int] = set()
+        higher_marks: list[tuple[int, int, int]] = []  # (level, from partition, watermark)
+        for event in events:
+            message = event.message
+            partition = message.partition
+            try:
+                stage = self.stage(partition)
+                touched[partition] = (stage, event)
+                data = orjson.loads(message.value)
+                if isinstance(data, dict):
+                    if self._on_mark(partition, stage, data, outputs, higher_marks):
+                        saves.add(partition)
+                else:
+                    self.on_offered(stage.offer(load_signal(data)))
+            except Exception:
+                log.exception("signal %s/%d@%d failed", message.topic, partition, message.offset)
+        await self._deliver(outputs)
+        # Only now: everything the batch caused is delivered.
+        for partition, (stage, event) in touched.items():
+            store = self.stores.get(partition)
+            if store is None:
+                continue
+            with event_context(event):
+                store.flush()
+                if partition in saves:
+                    self._save(partition, stage)
+        for level, source, watermark in higher_marks:
+            await send_marks(self.send_signal, self.partitions, level, source, watermark)
 
-    async def _on_mark(self, partition: int, stage: EntityStage, mark: dict[str, Any]) -> None:
+    def _on_mark(
+        self,
+        partition: int,
+        stage: EntityStage,
+        mark: dict[str, Any],
+        outputs: list[EntityOutput],
+        higher_marks: list[tuple[int, int, int]],
+    ) -> bool:
+        """Apply a mark: what it lets the stage decide joins `outputs`, the mark it earns for
+        the next level joins `higher_marks`. Whether the partition's progress changed."""
         level, source, watermark = int(mark["mark"]), int(mark["from"]), int(mark["watermark"])
         if level not in stage.watermarks:
-            return
+            return False
         sources = self.marks.setdefault(partition, {}).setdefault(level, {})
         if watermark <= sources.get(source, watermark - 1):
-            return  # a redelivered or older mark
+            return False  # a redelivered or older mark
         sources[source] = watermark
         if len(sources) < self.partitions:
-            self._save(partition, stage)
-            return  # someone upstream has not reported yet: nothing can be decided
+            return True  # someone upstream has not reported yet: nothing can be decided
         target = min(sources.values())
         current = stage.watermarks[level]
         if current is not None and target <= current:
-            self._save(partition, stage)
-            return
-        outputs = stage.advance(level, target)
-        await self._deliver(outputs)
-        self.stores[partition].flush()  # only now: everything it caused is delivered
-        self._save(partition, stage)
+            return True
+        outputs.extend(stage.advance(level, target))
         higher = [lv for lv in stage.levels if lv > level]
         if higher:
-            await send_marks(self.send_signal, self.partitions, higher[0], partition, target)
+            higher_marks.append((higher[0], partition, target))
+        return True
 
     async def _deliver(self, outputs: list[EntityOutput]) -> None:
         signals = [out for out in outputs if isinstance(out, Signal)]

@@ -12,8 +12,10 @@ Deadlines fire from ticks: a timer sends a tick to each partition this worker ow
 agent handles it like an event. State is then only ever written in the partition's event
 context (RocksDB tables require it), and ticks are replayed after a crash like any record.
 
-Delivery: a trigger is delivered (broker-acknowledged) before the state change that caused it
-is written, and Faust flushes the producer before it commits offsets. A crash can therefore
+Delivery: the agent takes records in batches (`take_events`). A batch's triggers are delivered
+(broker-acknowledged) before any state change of the batch is written, each changed state is
+written once per batch however many records touched it, and Faust acks the batch's records
+only after that; it flushes the producer before it commits offsets. A crash can therefore
 repeat a trigger (same `trigger_id`), never lose one.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -44,6 +46,7 @@ from linkwatch.entities import (
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
+from linkwatch.event_context import event_context
 from linkwatch.events import parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
@@ -186,36 +189,64 @@ class LiveJourneys:
     # -- records ---------------------------------------------------------------------------
 
     async def on_event(self, event: EventT[Any]) -> None:
-        message = event.message
-        partition = message.partition
+        await self.on_batch([event])
+
+    async def on_batch(self, events: Sequence[EventT[Any]]) -> None:
+        """Handle a batch of records and ticks, in order, then deliver every output of the
+        batch, and only then write each changed state once (in its partition's event
+        context). The agent acks the batch after this returns, so no offset is committed
+        before the state it moved past is written: a crash replays the whole batch."""
         now = wall_ms()
-        processor = self.processor(partition, now)
-        # Reloaded journeys take over here, where this partition's state may be written.
-        reconfigured = processor.engine is not self.engine
-        retired = self._reconfigure(partition, processor) if reconfigured else []
-        kind = self.kind_of_topic.get(message.topic)
-        self.offsets[message.topic, partition] = message.offset
-        backlog = self._backlog_of(partition, message.tp)
-        if kind is None:  # a tick
-            outputs = processor.on_tick(now, backlog)
-        else:
-            outputs = await self._on_record(processor, kind, message, now, backlog)
-        if retired:
-            outputs = [*retired, *outputs]
+        outputs: list[Output] = []
+        letters: list[dict[str, Any]] = []
+        last_event: dict[int, EventT[Any]] = {}  # partition → its context for the writes
+        reconfigured: set[int] = set()
+        ticked: set[int] = set()
+        for event in events:
+            message = event.message
+            partition = message.partition
+            processor = self.processor(partition, now)
+            # Reloaded journeys take over here, where this partition's state may be written.
+            if processor.engine is not self.engine:
+                outputs.extend(self._reconfigure(partition, processor))
+                reconfigured.add(partition)
+            kind = self.kind_of_topic.get(message.topic)
+            self.offsets[message.topic, partition] = message.offset
+            backlog = self._backlog_of(partition, message.tp)
+            if kind is None:  # a tick
+                outputs.extend(processor.on_tick(now, backlog))
+                ticked.add(partition)
+            else:
+                outputs.extend(self._on_record(processor, kind, message, now, backlog, letters))
+            last_event[partition] = event
+        if letters:
+            # Delivered before the record's offset can be committed, like a trigger.
+            await deliver_all(self.dlq_topic.send, letters)
         if outputs:
             self.metrics.count_outputs(outputs)
             await self._publish(outputs, now)
             if self.signals_topic is not None:
                 await send_signals(self.signals_topic.send, derive_signals(outputs, self.features))
-        # Only now, with every trigger delivered, may the state that produced them be written.
-        self.stores[partition].flush()
-        # The states just written were decided under this watermark (what was late, what was
-        # forgotten): it is written with them, or a restart would judge replayed records
-        # against an older one and decide differently.
-        if kind is None or reconfigured or processor.watermark != self.saved.get(partition):
-            self._save_progress(partition, processor, now)
-        if kind is None:
-            await self._mark(partition, processor, now)
+        # Only now, with every trigger delivered, may the states that produced them be written.
+        for partition, event in last_event.items():
+            loaded = self.processors.get(partition)
+            if loaded is None:
+                continue
+            with event_context(event):
+                self.stores[partition].flush()
+                # The states just written were decided under this watermark (what was late,
+                # what was forgotten): it is written with them, or a restart would judge
+                # replayed records against an older one and decide differently.
+                if (
+                    partition in ticked
+                    or partition in reconfigured
+                    or loaded.watermark != self.saved.get(partition)
+                ):
+                    self._save_progress(partition, loaded, now)
+        for partition in sorted(ticked):
+            ticked_processor = self.processors.get(partition)
+            if ticked_processor is not None:
+                await self._mark(partition, ticked_processor, now)
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -245,20 +276,21 @@ class LiveJourneys:
         )
         self.marked[partition] = watermark
 
-    async def _on_record(
+    def _on_record(
         self,
         processor: PartitionProcessor,
         kind: str,
         message: Any,
         now: int,
         backlog: Backlog,
+        letters: list[dict[str, Any]],
     ) -> list[Output]:
         raw: bytes | None = message.value
         try:
             event = decode_record(raw, topic_kind=kind, key=message.key, topic=message.topic)
             result = processor.process(event, message.topic, now, backlog)
         except RecordRejected as rejection:
-            await self._dead_letter(raw or b"", rejection, message)
+            letters.append(self._dead_letter(raw or b"", rejection, message))
             return []
         except Exception as exc:  # a bug must cost one record, not the stream
             # Where it failed, and whose record (hashed), never the error's text: that may
@@ -276,7 +308,7 @@ class LiveJourneys:
             failure = RecordRejected(
                 RejectReason.PROCESSING_ERROR, f"{type(exc).__name__} while processing the record"
             )
-            await self._dead_letter(raw or b"", failure, message)
+            letters.append(self._dead_letter(raw or b"", failure, message))
             return []
         self.metrics.count_event(event, result.verdict)
         return result.outputs
@@ -305,17 +337,15 @@ class LiveJourneys:
 
         return backlog
 
-    async def _dead_letter(self, raw: bytes, rejection: RecordRejected, message: Any) -> None:
+    def _dead_letter(self, raw: bytes, rejection: RecordRejected, message: Any) -> dict[str, Any]:
+        """The dead letter of a rejected record, as a message for the dead-letter topic."""
         self.metrics.count_rejected(rejection.reason)
         source = KafkaSource(
             topic=message.topic, partition=message.partition, offset=message.offset
         )
         letter = DeadLetter.from_rejection(raw, rejection, source)
-        # Delivered before the record's offset can be committed, like a trigger.
         value = orjson.dumps(letter.model_dump(mode="json"))
-        await deliver_all(
-            self.dlq_topic.send, [{"key": message.key, "value": value, "force": True}]
-        )
+        return {"key": message.key, "value": value, "force": True}
 
     async def _publish(self, outputs: list[Output], now: int) -> None:
         messages = []
@@ -462,8 +492,11 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         # Faust's record of committed offsets (filled when it seeks to them on assignment).
         committed = getattr(app.consumer, "_committed_offset", None)
         live.committed = committed.get if committed is not None else None
-        async for event in stream.events():
-            await live.on_event(event)
+        # Faust acks a batch's records once this body is done with them: state is written
+        # before any of their offsets can be committed.
+        batches = cast(faust.Stream[bytes], stream).take_events  # a Stream; its type omits it
+        async for batch in batches(settings.batch_max, settings.batch_within):
+            await live.on_batch(batch)
 
     async def send_ticks() -> None:
         for partition in linkwatch.assigned_partitions():
@@ -582,14 +615,10 @@ def _entity_stage(
 
     @app.agent(signals, name="linkwatch.entities")
     async def entities_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            try:
-                await live.on_message(message.partition, message.value)
-            except Exception:  # a bug must cost one signal, not the stream
-                log.exception(
-                    "signal %s/%d@%d failed", message.topic, message.partition, message.offset
-                )
+        # Acked by Faust once handled: every record they changed is written first.
+        batches = cast(faust.Stream[bytes], stream).take_events  # a Stream; its type omits it
+        async for batch in batches(settings.batch_max, settings.batch_within):
+            await live.on_batch(batch)
 
     return _EntityWiring(live, signals)
 

@@ -122,6 +122,20 @@ class Settings(BaseSettings):
         "unreachable) before it is sent again; Faust's default is 20 minutes",
     )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
+    batch_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most records an agent handles at once: their outputs are delivered "
+        "together, then each changed state is written once",
+    )
+    batch_within: float = Field(
+        default=0.02,
+        gt=0,
+        le=5,
+        description="Seconds an agent waits for a batch to fill before it handles what it has "
+        "(bounds the latency batching adds)",
+    )
     recovery_stall_timeout: float = Field(
         default=30.0,
         gt=0,
