@@ -14,10 +14,13 @@ from tests.builders import at, raw
 
 IDLE = 5_000
 WALL = 1_800_000_000_000  # the wall clock in these tests: far after the event times
+STALL = 1_000  # a longer gap between ticks: the worker could not read
 
 
 def live(journeys: JourneySet) -> PartitionProcessor:
-    return PartitionProcessor(JourneyEngine(journeys), idle_timeout_ms=IDLE, started_at=WALL)
+    return PartitionProcessor(
+        JourneyEngine(journeys), idle_timeout_ms=IDLE, started_at=WALL, stall_ms=STALL
+    )
 
 
 def cart(eid: str, ts: int, user: str = "u1") -> bytes:
@@ -181,5 +184,39 @@ def test_the_clock_never_moves_the_watermark_past_records_waiting_to_be_read(
     assert p.process(purchase, "buys", WALL + 10 * IDLE, waiting.get).verdict is Verdict.ACCEPTED
     # Once nothing waits, an idle partition follows the clock again.
     drained = {"clicks": False, "buys": False}
-    assert triggers(p.on_tick(WALL + 20 * IDLE, drained.get))
+    fired = []
+    for t in range(WALL + 10 * IDLE + 1000, WALL + 20 * IDLE + 1, 1000):  # ticks, every second
+        fired += triggers(p.on_tick(t, drained.get))
+    assert fired
     assert p.watermark == WALL + 19 * IDLE
+
+
+def test_silence_while_no_tick_could_arrive_is_not_idleness(cart_journeys: JourneySet) -> None:
+    """The broker is down for longer than the idle timeout: no record and no tick reaches the
+    worker. That time is no source's silence: records held back upstream during the outage,
+    and sent as soon as it ends, are not late."""
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    p.on_tick(WALL + 200)
+    back = WALL + 200 + 6 * IDLE  # the first tick after the outage
+    assert p.on_tick(back) == []
+    assert p.watermark == at(0) - 10_000  # not the clock
+    held_back = decode_event(cart("b", at(1), user="u2"))
+    assert p.process(held_back, source="clicks", now_ms=back + 100).verdict is Verdict.ACCEPTED
+    # Silence after the outage, with ticks arriving, is idleness again.
+    for t in range(back + 200, back + 100 + IDLE, 200):
+        p.on_tick(t)
+    fired = triggers(p.on_tick(back + 100 + IDLE))
+    assert [t.missed_step for t in fired] == ["checkout", "checkout"]
+
+
+def test_silence_before_a_stall_still_counts(cart_journeys: JourneySet) -> None:
+    """Only the blind time is discounted: a source silent for most of the idle timeout
+    before a stall is idle soon after it."""
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    for t in range(WALL + 200, WALL + IDLE - 1000 + 1, 200):
+        p.on_tick(t)
+    resumed = WALL + IDLE - 1000 + 3 * STALL  # a 3 s stall
+    assert p.on_tick(resumed) == []
+    assert [t.missed_step for t in triggers(p.on_tick(resumed + 1000))] == ["checkout"]

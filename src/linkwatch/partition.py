@@ -61,6 +61,7 @@ class PartitionProcessor:
         idle_timeout_ms: int | None = None,
         started_at: int | None = None,
         sources: Iterable[str] = (),
+        stall_ms: int | None = None,
     ) -> None:
         self.engine = engine
         self.store: MutableMapping[str, UserState] = {} if store is None else store
@@ -74,6 +75,8 @@ class PartitionProcessor:
         self.sources: dict[str, SourceClock] = {
             name: SourceClock(None, started_at) for name in sources
         }
+        self.last_tick_at: int | None = None  # wall-clock ms of the latest tick (live only)
+        self.stall_ms = stall_ms  # a longer gap between ticks: the worker could not read
         # (wake-up time, user_id). Entries may be stale: popping one just re-checks the user.
         self._wakeups: list[tuple[int, str]] = []
         # Idle users to forget once their state TTL has passed: (expiry, user_id) in roughly
@@ -122,7 +125,20 @@ class PartitionProcessor:
 
     def on_tick(self, now_ms: int, backlog: Backlog | None = None) -> list[Output]:
         """Wall-clock time passed (live): idle sources stop holding the watermark back, and
-        when all are idle the watermark follows the clock."""
+        when all are idle the watermark follows the clock. Ticks come every tick interval
+        while this worker can read: a gap longer than `stall_ms` is time it could not (the
+        broker was down, the process stalled), and it counts as no source's silence.
+        Otherwise records held back upstream during a broker outage would all be late when
+        it ends."""
+        last_tick, self.last_tick_at = self.last_tick_at, now_ms
+        if last_tick is not None and self.stall_ms is not None:
+            blind = now_ms - last_tick
+            if blind > self.stall_ms:
+                for clock in self.sources.values():
+                    if clock.seen_at is not None:
+                        clock.seen_at = min(now_ms, clock.seen_at + blind)
+                if self.started_at is not None:
+                    self.started_at = min(now_ms, self.started_at + blind)
         if self.max_ts is None and self.watermark is None:
             # Nothing seen yet: nothing can be due, and following the clock now would make
             # every event that does arrive (e.g. a backfill of older data) late.

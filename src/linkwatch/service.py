@@ -145,6 +145,7 @@ class LiveJourneys:
                 idle_timeout_ms=self.settings.idle_timeout_ms,
                 started_at=now,
                 sources=self.settings.input_topics.values(),
+                stall_ms=self.settings.stall_ms,
             )
             progress = self.watermarks.get(str(number).encode())
             saved = orjson.loads(progress) if progress else {}

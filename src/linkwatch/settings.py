@@ -177,6 +177,12 @@ class Settings(BaseSettings):
         return parse_duration(self.tick_interval) / 1000
 
     @property
+    def stall_ms(self) -> int:
+        """A gap between ticks longer than this is time the worker could not read (see
+        `PartitionProcessor.on_tick`): a few missed ticks, at least a second."""
+        return max(1000, 4 * parse_duration(self.tick_interval))
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         """host:port list for aiokafka (Faust's kafka:// scheme removed)."""
         servers = []
