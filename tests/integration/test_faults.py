@@ -89,7 +89,11 @@ def test_kill_9_at_random_points_loses_no_trigger(
 def test_the_survivor_of_a_pair_takes_over_and_fires_the_dead_ones_deadlines(
     kafka_settings: Settings, tmp_path: Path, users: int
 ) -> None:
-    settings = kafka_settings.model_copy(update=FAST)
+    # The input is history (2024) sent in two halves. A survivor that has handled its share
+    # of the first half before the second arrives must not take the pause for the end of
+    # traffic: past an idle timeout its watermark would follow the clock (as it should, live)
+    # and the whole second half would be late.
+    settings = kafka_settings.model_copy(update=FAST | {"idle_timeout": "30s"})
     lines = list(generate(users=users, seed=9, start_ms=START, bad_ratio=0.0))
     expected = expected_triggers(lines)
     run(prepare(settings))
@@ -149,7 +153,9 @@ def test_the_worker_rides_out_a_broker_outage(tmp_path: Path, users: int, outage
             settings = Settings(brokers=broker.url).namespaced(
                 "outage", data_dir=tmp_path / "state"
             )
-            settings = settings.model_copy(update=FAST)
+            # History sent in two halves around the outage: as in the rebalance test, the
+            # pause between them must not pass for the end of traffic.
+            settings = settings.model_copy(update=FAST | {"idle_timeout": "10s"})
             lines = list(generate(users=users, seed=13, start_ms=START, bad_ratio=0.0))
             expected = expected_triggers(lines)
             run(prepare(settings))
