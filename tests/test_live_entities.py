@@ -10,26 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from faust.streams import current_event
 
 from linkwatch.entities import EntityStage
 from linkwatch.live_entities import LiveEntities, mark_message, signal_message
 from tests.test_entities import HOUR, TallyLogic, TotalLogic, tally
+from tests.test_service import RecordingTable
 
 Log = list[tuple[str, Any]]
-
-
-class RecordingTable(dict[bytes, bytes]):
-    def __init__(self, log: Log, name: str) -> None:
-        super().__init__()
-        self.log = log
-        self.name = name
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        event = current_event()
-        partition = event.message.partition if event is not None else None
-        self.log.append((f"{self.name} written", (key, partition)))
-        super().__setitem__(key, value)
 
 
 class Event:
@@ -76,7 +63,8 @@ async def test_a_batch_delivers_its_outputs_then_writes_each_record_once() -> No
     assert [s[1] for s in forwarded] == ["total:all"]  # (level, entity, ...): its wire form
     records = [i for i, (what, _) in enumerate(log) if what == "record written"]
     assert len(records) == 1  # five signals and a wake: one write
-    ((_, (key, partition)),) = [log[i] for i in records]
+    assert isinstance(entities.records, RecordingTable)
+    ((key, partition),) = entities.records.contexts
     assert key.endswith(b"tally:a")
     assert partition == 0  # in the event context of one of the batch's records
     delivered = log.index(("signal delivered", forwarded[0]))
@@ -93,4 +81,4 @@ async def test_a_failing_message_costs_that_message_not_the_batch() -> None:
         Event(0, 1, signal_message(tally("b", 10, 1))),
     ]
     await entities.on_batch(batch)
-    assert [key for what, (key, _) in log if what == "record written"] == [b"2|tally:b"]
+    assert [key for what, key in log if what == "record written"] == [b"2|tally:b"]

@@ -23,6 +23,17 @@ def live(journeys: JourneySet) -> PartitionProcessor:
     )
 
 
+def declared(journeys: JourneySet) -> PartitionProcessor:
+    """Live, with two declared sources (topics) that hold the watermark until they report."""
+    return PartitionProcessor(
+        JourneyEngine(journeys),
+        idle_timeout_ms=IDLE,
+        started_at=WALL,
+        sources=["clicks", "buys"],
+        stall_ms=STALL,
+    )
+
+
 def cart(eid: str, ts: int, user: str = "u1") -> bytes:
     return raw(event_id=eid, user_id=user, ts=ts, page="cart")
 
@@ -133,12 +144,7 @@ def test_a_partition_that_never_saw_an_event_does_not_follow_the_clock(
 
 
 def test_a_declared_source_holds_the_watermark_until_it_reports(cart_journeys: JourneySet) -> None:
-    p = PartitionProcessor(
-        JourneyEngine(cart_journeys),
-        idle_timeout_ms=IDLE,
-        started_at=WALL,
-        sources=["clicks", "buys"],
-    )
+    p = declared(cart_journeys)
     for i in range(30):
         p.process(decode_event(cart(f"c{i}", at(i), user=f"x{i}")), "clicks", WALL + i)
     assert p.watermark is None  # purchases have not been read yet (they may be backlogged)
@@ -148,12 +154,7 @@ def test_a_declared_source_holds_the_watermark_until_it_reports(cart_journeys: J
 
 
 def test_a_declared_source_with_nothing_to_read_goes_idle(cart_journeys: JourneySet) -> None:
-    p = PartitionProcessor(
-        JourneyEngine(cart_journeys),
-        idle_timeout_ms=IDLE,
-        started_at=WALL,
-        sources=["clicks", "buys"],
-    )
+    p = declared(cart_journeys)
     p.process(decode_event(cart("a", at(0))), "clicks", WALL)
     p.process(decode_event(cart("b", at(40), user="u2")), "clicks", WALL + IDLE - 1)
     assert p.watermark is None
@@ -170,12 +171,7 @@ def test_the_clock_never_moves_the_watermark_past_records_waiting_to_be_read(
     """A backfill: clicks were read first, purchases (declared, not reported yet) are still
     waiting. However long the wait, a tick must not jump the watermark to the clock, or every
     waiting purchase would arrive late."""
-    p = PartitionProcessor(
-        JourneyEngine(cart_journeys),
-        idle_timeout_ms=IDLE,
-        started_at=WALL,
-        sources=["clicks", "buys"],
-    )
+    p = declared(cart_journeys)
     p.process(decode_event(cart("a", at(0))), "clicks", WALL)
     waiting = {"clicks": False, "buys": True}
     assert p.on_tick(WALL + 10 * IDLE, waiting.get) == []
