@@ -11,8 +11,13 @@ from typing import Any
 
 import orjson
 
-from linkwatch.entities import EntityStage
-from linkwatch.live_entities import LiveEntities, mark_message, signal_message
+from linkwatch.entities import EntityRecord, EntityStage, Offered, dump_record
+from linkwatch.live_entities import (
+    WAITING_PREFIX,
+    LiveEntities,
+    mark_message,
+    signal_message,
+)
 from tests.test_entities import HOUR, TallyLogic, TotalLogic, tally
 from tests.test_service import RecordingTable
 
@@ -81,4 +86,60 @@ async def test_a_failing_message_costs_that_message_not_the_batch() -> None:
         Event(0, 1, signal_message(tally("b", 10, 1))),
     ]
     await entities.on_batch(batch)
-    assert [key for what, key in log if what == "record written"] == [b"2|tally:b"]
+    assert b"2|tally:b" in entities.records
+    assert len(entities.stores[0]["2|tally:b"].pending) == 1  # the next message went through
+
+
+def writes_of(log: Log, key: bytes) -> int:
+    return sum(1 for what, written in log if what == "record written" and written == key)
+
+
+async def test_a_busy_entity_costs_each_waiting_signal_its_own_bytes_once() -> None:
+    """Signals wait for the watermark: each is written once under its own key, the record's
+    state only when it changes, and once applied the signals' keys are deleted."""
+    log: Log = []
+    entities = live(log)
+    for batch in range(10):
+        hits = [signal_message(tally("a", 10 + 10 * batch + n, n)) for n in range(10)]
+        await entities.on_batch([Event(0, 10 * batch + n, v) for n, v in enumerate(hits)])
+    record = b"2|tally:a"
+    waiting = [key for key in entities.records if key.startswith(WAITING_PREFIX.encode())]
+    assert len(waiting) == 100
+    assert all(writes_of(log, key) == 1 for key in waiting)
+    assert writes_of(log, record) == 1  # its state did not change while signals waited
+    await entities.on_batch([Event(0, 100, mark_message(2, 0, HOUR + 1))])
+    assert not [key for key in entities.records if key.startswith(WAITING_PREFIX.encode())]
+    assert writes_of(log, record) == 2  # the hour closed: a new state
+
+
+async def test_a_recovered_stage_holds_the_same_records_and_signals() -> None:
+    log: Log = []
+    entities = live(log)
+    hits = [signal_message(tally(name, 10 + n, n)) for n in range(5) for name in "ab"]
+    await entities.on_batch([Event(0, n, v) for n, v in enumerate(hits)])
+    await entities.on_batch([Event(0, 10, mark_message(2, 0, 12))])  # applies those up to 12
+    recovered = live([])
+    recovered.records.update(entities.records)
+    recovered.progress.update(entities.progress)
+    assert dict(recovered.stage(0).store.items()) == dict(entities.stores[0].items())
+    assert any(record.pending for record in entities.stores[0].values())
+    assert any(record.state is not None for record in entities.stores[0].values())
+    # A redelivered signal is still known once recovered.
+    assert recovered.stage(0).offer(tally("a", 14, 4)) is Offered.DUPLICATE
+
+
+async def test_a_record_written_with_its_signals_inside_moves_them_out() -> None:
+    """Records an older version wrote hold their waiting signals inside: recovered, they are
+    rewritten in the new form at the next batch, and nothing waiting is lost."""
+    entities = live([])
+    old = EntityRecord(None, (tally("c", 10, 1), tally("c", 11, 2)))
+    entities.records[b"2|tally:c"] = orjson.dumps([0, dump_record(TallyLogic(), old)])
+    recovered = live([])
+    recovered.records.update(entities.records)
+    await recovered.on_batch([Event(0, 0, signal_message(tally("c", 12, 3)))])
+    waiting = [key for key in recovered.records if key.startswith(WAITING_PREFIX.encode())]
+    assert len(waiting) == 3
+    assert orjson.loads(recovered.records[b"2|tally:c"]) == [0, [None, []]]
+    again = live([])
+    again.records.update(recovered.records)
+    assert len(again.stage(0).store["2|tally:c"].pending) == 3

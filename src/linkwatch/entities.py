@@ -10,6 +10,7 @@ the partitions feeding it have sent (`service`).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable, MutableMapping, Sequence
 from enum import StrEnum
@@ -193,10 +194,14 @@ class EntityStage:
         record = self.store.get(key)
         if record is None:
             record = EntityRecord(None, ())
-        elif any(p.signal_id == sig.signal_id for p in record.pending):
+        # Binary search, not a scan: a busy entity can hold thousands of signals while a
+        # lagging partition holds its watermark back. A redelivery is the same signal, so it
+        # sorts to the same place.
+        pending = record.pending
+        at = bisect.bisect_left(pending, signal_order(sig), key=signal_order)
+        if at < len(pending) and pending[at].signal_id == sig.signal_id:
             return Offered.DUPLICATE
-        pending = tuple(sorted((*record.pending, sig), key=_signal_order))
-        self.store[key] = EntityRecord(record.state, pending)
+        self.store[key] = EntityRecord(record.state, (*pending[:at], sig, *pending[at:]))
         due = self._due.get(key)
         if due is None or sig.ts < due:
             self._schedule(sig.level, key, sig.ts)
@@ -294,7 +299,7 @@ class EntityStage:
             heapq.heapify(heap)
 
 
-def _signal_order(sig: Signal) -> tuple[int, str]:
+def signal_order(sig: Signal) -> tuple[int, str]:
     return (sig.ts, sig.signal_id)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -35,10 +35,17 @@ from linkwatch.entities import (
     dump_signal,
     load_record,
     load_signal,
+    signal_order,
 )
 from linkwatch.event_context import event_context
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
-from linkwatch.store import BytesTable, WriteBackStore, load_partitions, log_oversized
+from linkwatch.store import (
+    MAX_VALUE_BYTES,
+    BytesTable,
+    WriteBackStore,
+    load_partitions,
+    log_oversized,
+)
 
 log = logging.getLogger("linkwatch.entities")
 
@@ -96,17 +103,19 @@ class LiveEntities:
     def _load(self, partition: int) -> EntityStage:
         probe = self.new_stage({})
 
-        def decode(key: str, raw: bytes) -> tuple[int, EntityRecord]:
+        def decode(key: str, raw: bytes) -> tuple[int, EntityRecord | _Waiting]:
+            if key.startswith(WAITING_PREFIX):
+                owner, record, signal = orjson.loads(raw)
+                return owner, _Waiting(record, load_signal(signal))
             owner, data = orjson.loads(raw)
             logic = probe.logic_of(key.partition("|")[2])
             if logic is None:  # its logic was switched off: let it go
                 return -1, EntityRecord(None, ())
             return owner, load_record(logic, data)
 
-        records = load_partitions(self.records, {partition}, decode)[partition]
-        store: WriteBackStore[EntityRecord] = WriteBackStore(
-            self.records, partition, records, self._encoder(probe)
-        )
+        loaded = load_partitions(self.records, {partition}, decode)[partition]
+        records, stored = _with_waiting_signals(loaded, probe)
+        store = EntityRecordStore(self.records, partition, records, self._encoder(probe), stored)
         store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
         store.on_oversized = self.on_oversized
         stage = self.new_stage(store)
@@ -235,3 +244,109 @@ class LiveEntities:
                 },
             }
         )
+
+
+# Keys of waiting signals start with this; record keys start with their level (a digit).
+WAITING_PREFIX: Final = "~"
+
+
+def waiting_key(record: str, signal_id: str) -> str:
+    """The table key of a signal waiting in `record` (length-prefixed: distinct for every
+    pair, whatever characters the record key and the signal id hold)."""
+    return f"{WAITING_PREFIX}{len(record)}:{record}{signal_id}"
+
+
+class _Waiting(NamedTuple):
+    record: str
+    signal: Signal
+
+
+def _with_waiting_signals(
+    loaded: dict[str, Any], probe: EntityStage
+) -> tuple[dict[str, EntityRecord], dict[str, set[str]]]:
+    """Recovered records with the signals stored under their own keys put back into them,
+    and the ids of those, per record."""
+    records = {key: value for key, value in loaded.items() if isinstance(value, EntityRecord)}
+    waiting: dict[str, list[Signal]] = {}
+    for value in loaded.values():
+        if isinstance(value, _Waiting) and probe.logic_of(value.signal.entity) is not None:
+            waiting.setdefault(value.record, []).append(value.signal)
+    stored: dict[str, set[str]] = {}
+    for key, signals in waiting.items():
+        record = records.get(key, EntityRecord(None, ()))
+        known = {s.signal_id for s in record.pending}
+        merged = [*record.pending, *(s for s in signals if s.signal_id not in known)]
+        records[key] = EntityRecord(record.state, tuple(sorted(merged, key=signal_order)))
+        stored[key] = {s.signal_id for s in signals}
+    return records, stored
+
+
+class EntityRecordStore(WriteBackStore[EntityRecord]):
+    """Entity records in the table as two kinds of keys: the record's key holds the logic's
+    state, and each waiting signal has a key of its own, written once when it arrives and
+    deleted once it is applied. A busy entity whose signals wait for a lagging watermark then
+    costs each signal's own bytes, where a whole record rewritten per batch grew without bound
+    (and with it the broker's memory)."""
+
+    def __init__(
+        self,
+        table: BytesTable,
+        partition: int,
+        records: dict[str, EntityRecord],
+        encode: Callable[[str, EntityRecord, int], bytes],
+        stored: dict[str, set[str]],
+    ) -> None:
+        super().__init__(table, partition, records, encode)
+        self._written_waiting = {key: set(ids) for key, ids in stored.items()}
+        # Of each record's state as last written (a hash of its bytes): an unchanged state
+        # is not written again when only its waiting signals changed.
+        self._written_state: dict[str, int] = {}
+        for key, record in records.items():
+            if any(s.signal_id not in stored.get(key, ()) for s in record.pending):
+                self._dirty.add(key)  # written by an older version, inside the record
+            else:
+                self._written_state[key] = hash(self._state_bytes(key, record))
+
+    def _state_bytes(self, key: str, record: EntityRecord) -> bytes:
+        return self._encode(key, EntityRecord(record.state, ()), self.partition)
+
+    def flush(self) -> int:
+        written = 0
+        table = self._table
+        for key in self._dirty:
+            record = self._states.get(key)
+            waiting = {s.signal_id: s for s in record.pending} if record is not None else {}
+            before = self._written_waiting.pop(key, set())
+            for signal_id in waiting.keys() - before:
+                value = orjson.dumps([self.partition, key, dump_signal(waiting[signal_id])])
+                table[waiting_key(key, signal_id).encode()] = value
+                written += 1
+            for signal_id in before - waiting.keys():
+                gone = waiting_key(key, signal_id).encode()
+                if gone in table:
+                    del table[gone]
+                    written += 1
+            if waiting:
+                self._written_waiting[key] = set(waiting)
+            written += self._flush_state(key, record)
+        self._dirty.clear()
+        return written
+
+    def _flush_state(self, key: str, record: EntityRecord | None) -> int:
+        encoded = key.encode()
+        if record is None:
+            self._written_state.pop(key, None)
+            if encoded in self._table:
+                del self._table[encoded]
+                return 1
+            return 0
+        value = self._state_bytes(key, record)
+        fingerprint = hash(value)
+        if self._written_state.get(key) == fingerprint:
+            return 0
+        if len(value) > MAX_VALUE_BYTES:
+            self.on_oversized(self.kind_of(key), len(value))
+            return 0
+        self._table[encoded] = value
+        self._written_state[key] = fingerprint
+        return 1
