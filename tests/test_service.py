@@ -5,6 +5,7 @@ that record what happens, in order; the code under test is the real `LiveJourney
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import namedtuple
 from types import SimpleNamespace
 from typing import Any
@@ -250,3 +251,25 @@ async def test_after_a_restart_a_topic_read_to_its_end_is_not_mistaken_for_backl
     fired = [orjson.loads(value)["missed_step"] for _, value in after.triggers_topic.sent]
     # Without the committed offset the click topic looks busy for ever: nothing fires.
     assert fired == (["checkout"] if committed else [])
+
+
+async def test_a_topic_not_fetched_yet_counts_as_busy_for_a_while(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """A restarted worker has not fetched a partition yet: its lag is unknown, and taking
+    that for idle would move the watermark to the clock with records still waiting. It
+    counts as busy for the grace period, and only then does the partition follow the clock."""
+    journeys, _ = live
+    journeys.highwater = lambda tp: None
+    journeys.unknown_lag_grace_ms = 2_000
+    await journeys.on_event(message("events.click", 0, b"u1", raw(event_id="a", page="cart")))
+    tick = message("linkwatch.ticks", 0, None, b"")
+    began = time.monotonic()
+    while time.monotonic() - began < 1.6:  # past the idle timeout (1 s), within the grace
+        await asyncio.sleep(0.2)
+        await journeys.on_event(tick)
+    assert journeys.triggers_topic.sent == []
+    while time.monotonic() - began < 3.6:  # past the grace, then the idle timeout again
+        await asyncio.sleep(0.2)
+        await journeys.on_event(tick)
+    assert [orjson.loads(v)["missed_step"] for _, v in journeys.triggers_topic.sent] == ["checkout"]

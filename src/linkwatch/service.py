@@ -103,6 +103,7 @@ class LiveJourneys:
     marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
     saved: dict[int, int | None] = field(default_factory=dict)  # partition → watermark saved
     on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
+    unknown_lag_grace_ms: int = 30_000  # see `_backlog_of`
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -213,7 +214,7 @@ class LiveJourneys:
                 reconfigured.add(partition)
             kind = self.kind_of_topic.get(message.topic)
             self.offsets[message.topic, partition] = message.offset
-            backlog = self._backlog_of(partition, message.tp)
+            backlog = self._backlog_of(partition, message.tp, processor, now)
             if kind is None:  # a tick
                 outputs.extend(processor.on_tick(now, backlog))
                 ticked.add(partition)
@@ -314,12 +315,18 @@ class LiveJourneys:
         self.metrics.count_event(event, result.verdict)
         return result.outputs
 
-    def _backlog_of(self, partition: int, any_tp: Any) -> Backlog:
+    def _backlog_of(
+        self, partition: int, any_tp: Any, processor: PartitionProcessor, now: int
+    ) -> Backlog:
         """A topic has backlog on this partition when records beyond the last one handled
         exist (its highwater is ahead): such a topic is busy, never idle. Before this worker
         has handled a record of it, the group's committed offset says where handling stands;
         without that, a topic read to its end before a restart would look busy for ever and
-        hold the partition's watermark (and its deadlines) back."""
+        hold the partition's watermark (and its deadlines) back. A highwater not known yet
+        (the consumer has not fetched that partition since it was assigned) counts as
+        busy for `unknown_lag_grace_ms` after the partition was loaded: a restarted worker
+        slow to fetch one of its partitions took it for idle, moved its watermark to the
+        clock, and every record waiting there was late."""
 
         def backlog(topic: str) -> bool:
             if self.highwater is None:
@@ -329,12 +336,15 @@ class LiveJourneys:
                 high = self.highwater(tp)
             except Exception:  # not assigned (yet): nothing known to be waiting
                 return False
+            if high is None:
+                loaded = processor.started_at if processor.started_at is not None else now
+                return now - loaded < self.unknown_lag_grace_ms
             handled = self.offsets.get((topic, partition))
             if handled is None:
                 committed = self.committed(tp) if self.committed is not None else None
                 # Faust records "never committed" as -1.
                 handled = committed - 1 if committed is not None and committed > 0 else -1
-            return high is not None and high > handled + 1
+            return bool(high > handled + 1)
 
         return backlog
 
