@@ -21,6 +21,7 @@ from linkwatch.metrics import Metrics
 from linkwatch.service import LiveJourneys
 from linkwatch.settings import Settings
 from linkwatch.state import load_state
+from linkwatch.store import end_of_batch_key
 from tests.builders import at, raw
 
 Log = list[tuple[str, Any]]
@@ -273,3 +274,35 @@ async def test_a_topic_not_fetched_yet_counts_as_busy_for_a_while(
         await asyncio.sleep(0.2)
         await journeys.on_event(tick)
     assert [orjson.loads(v)["missed_step"] for _, v in journeys.triggers_topic.sent] == ["checkout"]
+
+
+async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """Tansu's end offset is its last record batch's first offset, where Faust's recovery
+    stops: the batch's writes are flushed, then a one-record marker ends each changelog, and
+    a recovering worker reads every state write before it (and skips the marker)."""
+    journeys, log = live
+
+    async def flushed() -> None:
+        log.append(("producer flushed", None))
+
+    journeys.flush_producer = flushed
+    await journeys.on_batch([message("events.click", 0, b"u1", raw(event_id="a", page="cart"))])
+    marker = end_of_batch_key(0)
+    assert log == [
+        ("state written", b"u1"),
+        ("producer flushed", None),
+        ("state written", marker),
+        ("watermark written", marker),
+    ]
+    restarted = LiveJourneys(
+        journeys.settings,
+        journeys.journeys,
+        Metrics(CollectorRegistry()),
+        journeys.states,
+        journeys.watermarks,
+        RecordingTopic([], "trigger"),
+        RecordingTopic([], "dead letter"),
+    )
+    assert set(restarted.processor(0, 0).store) == {"u1"}

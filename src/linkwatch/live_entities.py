@@ -20,7 +20,7 @@ buffered, or refused as late once applied) and records (same id), never loses th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -43,6 +43,7 @@ from linkwatch.store import (
     MAX_VALUE_BYTES,
     BytesTable,
     WriteBackStore,
+    end_of_batch_key,
     load_partitions,
     log_oversized,
 )
@@ -89,6 +90,7 @@ class LiveEntities:
     on_offered: Callable[[Offered], None] = lambda _: None
     on_published: Callable[[list[EntityOutput]], None] = lambda _: None  # after delivery: /ui
     on_oversized: Callable[[str, int], None] = log_oversized  # (kind, bytes): too big to write
+    flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
     stages: dict[int, EntityStage] = field(default_factory=dict)
     stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
     # partition → level → upstream partition → latest mark
@@ -174,14 +176,25 @@ class LiveEntities:
                 log.exception("signal %s/%d@%d failed", message.topic, partition, message.offset)
         await self._deliver(outputs)
         # Only now: everything the batch caused is delivered.
+        written = []
         for partition, (stage, event) in touched.items():
             store = self.stores.get(partition)
             if store is None:
                 continue
             with event_context(event):
-                store.flush()
+                changed = store.flush()
                 if partition in saves:
                     self._save(partition, stage)
+                    changed += 1
+            if changed:
+                written.append((partition, event))
+        if written and self.flush_producer is not None:
+            # Recoverable on Tansu: see `store.end_of_batch_key`.
+            await self.flush_producer()
+            for partition, event in written:
+                with event_context(event):
+                    self.records[end_of_batch_key(partition)] = b""
+                    self.progress[end_of_batch_key(partition)] = b""
         for level, source, watermark in higher_marks:
             await send_marks(self.send_signal, self.partitions, level, source, watermark)
 

@@ -58,7 +58,7 @@ from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
-from linkwatch.store import PartitionStore, load_partitions, log_oversized
+from linkwatch.store import PartitionStore, end_of_batch_key, load_partitions, log_oversized
 from linkwatch.triggers import Resolution, Trigger
 from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
@@ -104,6 +104,7 @@ class LiveJourneys:
     saved: dict[int, int | None] = field(default_factory=dict)  # partition → watermark saved
     on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
     unknown_lag_grace_ms: int = 30_000  # see `_backlog_of`
+    flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -230,12 +231,13 @@ class LiveJourneys:
             if self.signals_topic is not None:
                 await send_signals(self.signals_topic.send, derive_signals(outputs, self.features))
         # Only now, with every trigger delivered, may the states that produced them be written.
+        written: list[tuple[int, EventT[Any]]] = []
         for partition, event in last_event.items():
             loaded = self.processors.get(partition)
             if loaded is None:
                 continue
             with event_context(event):
-                self.stores[partition].flush()
+                changed = self.stores[partition].flush()
                 # The states just written were decided under this watermark (what was late,
                 # what was forgotten): it is written with them, or a restart would judge
                 # replayed records against an older one and decide differently.
@@ -245,10 +247,24 @@ class LiveJourneys:
                     or loaded.watermark != self.saved.get(partition)
                 ):
                     self._save_progress(partition, loaded, now)
+                    changed += 1
+            if changed:
+                written.append((partition, event))
+        await self._end_batch(written)
         for partition in sorted(ticked):
             ticked_processor = self.processors.get(partition)
             if ticked_processor is not None:
                 await self._mark(partition, ticked_processor, now)
+
+    async def _end_batch(self, written: list[tuple[int, EventT[Any]]]) -> None:
+        """Make the batch's writes recoverable on Tansu (see `store.end_of_batch_key`)."""
+        if not written or self.flush_producer is None:
+            return
+        await self.flush_producer()
+        for partition, event in written:
+            with event_context(event):
+                self.states[end_of_batch_key(partition)] = b""
+                self.watermarks[end_of_batch_key(partition)] = b""
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -482,6 +498,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     states = _bytes_table(app, settings, "states", "Per-user journey state")
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
+    live.flush_producer = app.producer.flush
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
     ui = WebUI(registry, lambda: live.journeys)
@@ -623,6 +640,7 @@ def _entity_stage(
     )
 
     live.on_oversized = oversized_counter(metrics)
+    live.flush_producer = app.producer.flush
 
     @app.agent(signals, name="linkwatch.entities")
     async def entities_agent(stream: faust.StreamT[bytes]) -> None:

@@ -116,6 +116,15 @@ def _encode_user(user_id: str, state: UserState, partition: int) -> bytes:
     return dump_state(state, partition)
 
 
+def end_of_batch_key(partition: int) -> bytes:
+    """The key of the marker that ends a batch's writes to a changelog partition. Tansu
+    reports a partition's end as the first offset of its last record batch, and Faust's table
+    recovery stops there: the rest of that batch would be missing after a restart. So a
+    batch's writes are flushed first, and then this one-record write ends the partition (its
+    value is empty; loaders skip it)."""
+    return b"\x00end-of-batch:" + str(partition).encode()
+
+
 def load_partitions(
     table: BytesTable,
     partitions: Iterable[int],
@@ -126,7 +135,7 @@ def load_partitions(
     wanted = set(partitions)
     loaded: dict[int, dict[str, Any]] = {p: {} for p in wanted}
     for key, raw in table.items():
-        if raw is None:
+        if not raw:  # deleted, or an end-of-batch marker
             continue
         name = key.decode() if isinstance(key, bytes) else str(key)
         partition, state = decode(name, raw) if decode is not None else load_state(raw)
