@@ -56,7 +56,18 @@ def test_core_module_has_no_io_clock_or_kafka(module: str) -> None:
 
 
 # The thin shell: the only modules that talk to Kafka or Faust.
-SHELL = {"cli", "service", "event_context", "worker", "broker", "topics", "produce", "tail", "dev"}
+SHELL = {
+    "cli",
+    "service",
+    "event_context",
+    "stream_resume",
+    "worker",
+    "broker",
+    "topics",
+    "produce",
+    "tail",
+    "dev",
+}
 
 
 def test_only_the_shell_imports_faust_or_aiokafka() -> None:

@@ -22,6 +22,7 @@ from linkwatch.reload import load_shapes, shapes_of
 from linkwatch.service import LiveJourneys
 from linkwatch.settings import Settings
 from linkwatch.state import load_state
+from linkwatch.store import progress_key
 from tests.builders import raw
 from tests.test_reload import BOTH, BROWSE, CHECKOUT, SETTINGS, WITHOUT_BROWSE
 from tests.test_service import message as service_message
@@ -245,7 +246,7 @@ async def test_each_partition_retires_at_its_next_record_or_tick() -> None:
     assert instances(tables, "u1") == set()
     assert instances(tables, "u2") == {"browse"}
     assert worker.metric("linkwatch_journey_retired_total", "browse") == 1
-    progress = orjson.loads(tables[1][b"0"])
+    progress = orjson.loads(tables[0][progress_key(0)])
     assert load_shapes(progress["journeys"]) == shapes_of(WITHOUT_BROWSE)
 
     await worker.browse("u3", partition=1)  # a record: partition 1 switches first

@@ -18,6 +18,7 @@ from linkwatch.live_entities import (
     mark_message,
     signal_message,
 )
+from linkwatch.store import progress_key
 from tests.test_entities import HOUR, TallyLogic, TotalLogic, tally
 from tests.test_service import RecordingTable
 
@@ -66,12 +67,18 @@ async def test_a_batch_delivers_its_outputs_then_writes_each_record_once() -> No
 
     forwarded = [data for what, data in log if what == "signal delivered"]
     assert [s[1] for s in forwarded] == ["total:all"]  # (level, entity, ...): its wire form
-    records = [i for i, (what, _) in enumerate(log) if what == "record written"]
+    records = [
+        i
+        for i, (what, key) in enumerate(log)
+        if what == "record written" and not key.startswith(b"\x00")
+    ]
     assert len(records) == 1  # five signals and a wake: one write
     assert isinstance(entities.records, RecordingTable)
-    ((key, partition),) = entities.records.contexts
+    (key, partition), progress = entities.records.contexts
     assert key.endswith(b"tally:a")
     assert partition == 0  # in the event context of one of the batch's records
+    # The progress the mark made follows the record, in the same changelog partition.
+    assert progress == (progress_key(0), 0)
     delivered = log.index(("signal delivered", forwarded[0]))
     assert delivered < records[0]
     assert log[-1] == ("mark sent", {"mark": 3, "from": 0, "watermark": HOUR + 1})

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry
 from linkwatch.journeys import JourneySet
 from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
-from linkwatch.service import LiveJourneys
+from linkwatch.service import LiveJourneys, flush_fully
 from linkwatch.settings import Settings
 from linkwatch.state import load_state
-from linkwatch.store import end_of_batch_key
+from linkwatch.store import end_of_batch_key, progress_key
 from tests.builders import at, raw
 
 Log = list[tuple[str, Any]]
@@ -176,7 +176,7 @@ async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
     assert log[-3:] == [
         ("trigger delivered", b"u1"),
         ("state deleted", b"u1"),
-        ("watermark written", b"0"),
+        ("state written", progress_key(0)),  # after the states, in their changelog
     ]
 
 
@@ -280,8 +280,9 @@ async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
     live: tuple[LiveJourneys, Log],
 ) -> None:
     """Tansu's end offset is its last record batch's first offset, where Faust's recovery
-    stops: the batch's writes are flushed, then a one-record marker ends each changelog, and
-    a recovering worker reads every state write before it (and skips the marker)."""
+    stops: the batch's writes (states, then the partition's progress, in one changelog) are
+    flushed, then a one-record marker ends the changelog and is flushed too (Faust may commit
+    the batch's offsets next), and a recovering worker reads every write before it."""
     journeys, log = live
 
     async def flushed() -> None:
@@ -294,7 +295,7 @@ async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
         ("state written", b"u1"),
         ("producer flushed", None),
         ("state written", marker),
-        ("watermark written", marker),
+        ("producer flushed", None),
     ]
     restarted = LiveJourneys(
         journeys.settings,
@@ -306,3 +307,21 @@ async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
         RecordingTopic([], "dead letter"),
     )
     assert set(restarted.processor(0, 0).store) == {"u1"}
+
+
+async def test_a_full_flush_waits_until_faust_s_send_buffer_is_empty() -> None:
+    """Faust's flush gives up once its buffer has sent nothing for 0.1 s."""
+
+    class Producer:
+        def __init__(self) -> None:
+            self.buffer = SimpleNamespace(size=5)
+            self.flushes = 0
+
+        async def flush(self) -> None:  # sends two, then gives up
+            self.flushes += 1
+            self.buffer.size = max(0, self.buffer.size - 2)
+
+    producer = Producer()
+    await flush_fully(producer)()
+    assert producer.buffer.size == 0
+    assert producer.flushes == 3

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
-from linkwatch.store import MAX_VALUE_BYTES, WriteBackStore
+from linkwatch.engine import new_state
+from linkwatch.state import dump_state
+from linkwatch.store import (
+    MAX_VALUE_BYTES,
+    WriteBackStore,
+    end_of_batch_key,
+    load_partitions,
+    progress_key,
+)
 
 
 def encode(key: str, value: str, partition: int) -> bytes:
@@ -31,3 +39,14 @@ def test_user_ids_are_reported_only_as_users() -> None:
     store["group|link:someone"] = "x" * (MAX_VALUE_BYTES + 1)
     store.flush()
     assert reported == ["user"]
+
+
+def test_progress_and_markers_share_the_table_but_are_not_states() -> None:
+    table = {
+        b"u1": dump_state(new_state(), 0),
+        progress_key(0): b'{"watermark": 5}',
+        end_of_batch_key(0): b"",
+        b"u2": dump_state(new_state(), 1),
+    }
+    loaded = load_partitions(table, {0, 1})
+    assert {p: set(states) for p, states in loaded.items()} == {0: {"u1"}, 1: {"u2"}}

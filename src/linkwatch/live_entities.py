@@ -46,6 +46,7 @@ from linkwatch.store import (
     end_of_batch_key,
     load_partitions,
     log_oversized,
+    progress_key,
 )
 
 log = logging.getLogger("linkwatch.entities")
@@ -82,7 +83,7 @@ class LiveEntities:
     new_stage: Callable[[MutableMapping[str, EntityRecord]], EntityStage]  # over a store
     partitions: int  # of the signals topic, and of stage 1 (co-partitioned)
     records: BytesTable  # faust Table: record key → [partition, record]
-    progress: Any  # faust Table (the watermarks table): b"entities:<q>" → marks JSON
+    progress: Any  # faust Table (watermarks): b"entities:<q>" → marks JSON, as written before
     send_signal: Send
     send_health: Send
     send_profile: Send
@@ -121,7 +122,10 @@ class LiveEntities:
         store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
         store.on_oversized = self.on_oversized
         stage = self.new_stage(store)
-        saved = self.progress.get(f"entities:{partition}".encode())
+        # (Before progress moved next to the records it was in the watermarks table.)
+        saved = self.records.get(progress_key(partition)) or self.progress.get(
+            f"entities:{partition}".encode()
+        )
         progress = orjson.loads(saved) if saved else {}
         for level, value in progress.get("watermarks", {}).items():
             if int(level) in stage.watermarks:
@@ -189,12 +193,12 @@ class LiveEntities:
             if changed:
                 written.append((partition, event))
         if written and self.flush_producer is not None:
-            # Recoverable on Tansu: see `store.end_of_batch_key`.
+            # Recoverable on Tansu (see `store.end_of_batch_key`), before Faust may commit.
             await self.flush_producer()
             for partition, event in written:
                 with event_context(event):
                     self.records[end_of_batch_key(partition)] = b""
-                    self.progress[end_of_batch_key(partition)] = b""
+            await self.flush_producer()
         for level, source, watermark in higher_marks:
             await send_marks(self.send_signal, self.partitions, level, source, watermark)
 
@@ -248,7 +252,8 @@ class LiveEntities:
             self.on_measures(measures)
 
     def _save(self, partition: int, stage: EntityStage) -> None:
-        self.progress[f"entities:{partition}".encode()] = orjson.dumps(
+        # After the partition's records, in their changelog partition (`progress_key`).
+        self.records[progress_key(partition)] = orjson.dumps(
             {
                 "watermarks": {str(k): v for k, v in stage.watermarks.items() if v is not None},
                 "marks": {

@@ -164,6 +164,13 @@ class Metrics:
             "for LINKWATCH_RECOVERY_STALL_TIMEOUT",
             registry=registry,
         )
+        self.input_gaps = Counter(
+            "linkwatch_input_gaps_total",
+            "Input records never handed to this worker: offsets skipped after the last one "
+            "handled, or after the committed one (should stay 0; a transactional producer's "
+            "commit markers also count)",
+            registry=registry,
+        )
         self.deadline_delay = Histogram(
             "linkwatch_deadline_fire_delay_seconds",
             "Wall clock at which a drop-off fired minus its deadline (real-time traffic)",

@@ -6,7 +6,8 @@ are co-partitioned, so one worker owns all of p):
     events.* [p] ─┐
                   ├─> agent ─> PartitionProcessor(p) ─> triggers / dead letters
     ticks [p] ────┘                    │
-                                       └─> states table [p] (changelog) + watermarks table
+                                       └─> states table [p] (changelog): user states,
+                                           then the partition's progress (watermark)
 
 Deadlines fire from ticks: a timer sends a tick to each partition this worker owns, and the
 agent handles it like an event. State is then only ever written in the partition's event
@@ -58,7 +59,14 @@ from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
-from linkwatch.store import PartitionStore, end_of_batch_key, load_partitions, log_oversized
+from linkwatch.store import (
+    PartitionStore,
+    end_of_batch_key,
+    load_partitions,
+    log_oversized,
+    progress_key,
+)
+from linkwatch.stream_resume import skipped_offsets
 from linkwatch.triggers import Resolution, Trigger
 from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
@@ -149,7 +157,10 @@ class LiveJourneys:
                 sources=self.settings.input_topics.values(),
                 stall_ms=self.settings.stall_ms,
             )
-            progress = self.watermarks.get(str(number).encode())
+            # (Before progress moved next to the states it was in the watermarks table.)
+            progress = self.states.get(progress_key(number)) or self.watermarks.get(
+                str(number).encode()
+            )
             saved = orjson.loads(progress) if progress else {}
             processor.restore(saved.get("watermark"), saved.get("sources", {}), now)
             # States written under other journeys (before a restart, or by a worker that had
@@ -214,6 +225,8 @@ class LiveJourneys:
                 outputs.extend(self._reconfigure(partition, processor))
                 reconfigured.add(partition)
             kind = self.kind_of_topic.get(message.topic)
+            if kind is not None:
+                self._check_gap(message, partition)
             self.offsets[message.topic, partition] = message.offset
             backlog = self._backlog_of(partition, message.tp, processor, now)
             if kind is None:  # a tick
@@ -240,7 +253,8 @@ class LiveJourneys:
                 changed = self.stores[partition].flush()
                 # The states just written were decided under this watermark (what was late,
                 # what was forgotten): it is written with them, or a restart would judge
-                # replayed records against an older one and decide differently.
+                # replayed records against an older one and decide differently. After them,
+                # in their changelog partition: never restored without them.
                 if (
                     partition in ticked
                     or partition in reconfigured
@@ -257,14 +271,16 @@ class LiveJourneys:
                 await self._mark(partition, ticked_processor, now)
 
     async def _end_batch(self, written: list[tuple[int, EventT[Any]]]) -> None:
-        """Make the batch's writes recoverable on Tansu (see `store.end_of_batch_key`)."""
+        """Make the batch's writes recoverable on Tansu (see `store.end_of_batch_key`): once
+        they are acknowledged, end each partition with a marker, and wait for that too, since
+        Faust may commit the batch's offsets as soon as this returns."""
         if not written or self.flush_producer is None:
             return
         await self.flush_producer()
         for partition, event in written:
             with event_context(event):
                 self.states[end_of_batch_key(partition)] = b""
-                self.watermarks[end_of_batch_key(partition)] = b""
+        await self.flush_producer()
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -330,6 +346,26 @@ class LiveJourneys:
             return []
         self.metrics.count_event(event, result.verdict)
         return result.outputs
+
+    def _check_gap(self, message: Any, partition: int) -> None:
+        """Count (and log) input records this worker was never handed: an offset past the next
+        one expected. Nothing here can fetch them again; the count tells that it happened.
+        Ticks are not checked: they carry nothing to lose, and a new owner has been seen to
+        begin after some (27, sent by the old owner during a rebalance; cause not found)."""
+        previous = self.offsets.get((message.topic, partition))
+        committed = None
+        if previous is None and self.committed is not None:
+            committed = self.committed(message.tp)
+        skipped = skipped_offsets(message.offset, previous, committed)
+        if skipped:
+            self.metrics.input_gaps.inc(skipped)
+            log.warning(
+                "%s/%d: %d records before offset %d never reached this worker",
+                message.topic,
+                partition,
+                skipped,
+                message.offset,
+            )
 
     def _backlog_of(
         self, partition: int, any_tp: Any, processor: PartitionProcessor, now: int
@@ -402,7 +438,7 @@ class LiveJourneys:
             self.metrics.watermark_lag.labels(str(partition)).set(
                 (now - processor.watermark) / 1000
             )
-        self.watermarks[str(partition).encode()] = orjson.dumps(
+        self.states[progress_key(partition)] = orjson.dumps(
             {
                 "watermark": processor.watermark,
                 "sources": {
@@ -457,6 +493,21 @@ def oversized_counter(metrics: Metrics) -> Callable[[str, int], None]:
     return oversized
 
 
+def flush_fully(producer: Any) -> Callable[[], Awaitable[None]]:
+    """Wait until every record sent through Faust's producer is acknowledged. Faust's own
+    `flush` returns once its send buffer has sent nothing for 0.1 s, which under load can
+    leave records in it; this repeats it until the buffer is empty (aiokafka's flush, which
+    it ends with, waits for everything handed over)."""
+
+    async def flush() -> None:
+        while True:
+            await producer.flush()
+            if not producer.buffer.size:
+                return
+
+    return flush
+
+
 def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWatchApp:
     """Build the Faust app with everything injected; nothing global, nothing hard-coded."""
     journeys = journeys or load_journeys(settings.journeys_file)
@@ -486,6 +537,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         producer_request_timeout=settings.producer_request_timeout,
         autodiscover=False,
         table_standby_replicas=0,
+        TableManager="linkwatch.stream_resume:InOrderTableManager",
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -498,7 +550,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     states = _bytes_table(app, settings, "states", "Per-user journey state")
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
-    live.flush_producer = app.producer.flush
+    live.flush_producer = flush_fully(app.producer)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
     ui = WebUI(registry, lambda: live.journeys)
@@ -640,7 +692,7 @@ def _entity_stage(
     )
 
     live.on_oversized = oversized_counter(metrics)
-    live.flush_producer = app.producer.flush
+    live.flush_producer = flush_fully(app.producer)
 
     @app.agent(signals, name="linkwatch.entities")
     async def entities_agent(stream: faust.StreamT[bytes]) -> None:

@@ -22,6 +22,7 @@ class BytesTable(Protocol):
     def __delitem__(self, key: bytes) -> None: ...
     def __contains__(self, key: object) -> bool: ...
     def items(self) -> Iterable[tuple[Any, Any]]: ...
+    def get(self, key: bytes) -> Any: ...
 
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,16 @@ def end_of_batch_key(partition: int) -> bytes:
     return b"\x00end-of-batch:" + str(partition).encode()
 
 
+def progress_key(partition: int) -> bytes:
+    """The key of a partition's progress (watermark, sources, marks) in the table that holds
+    its states. Same table, so same changelog partition, and written after the states it was
+    decided with: a recovery that stops short of a partition's end (see `end_of_batch_key`)
+    restores a prefix of it, so never progress without those states. (In a table of its own
+    it could: the kill -9 test restored a watermark that had passed events whose states were
+    cut off, and replayed them as late.)"""
+    return b"\x00progress:" + str(partition).encode()
+
+
 def load_partitions(
     table: BytesTable,
     partitions: Iterable[int],
@@ -138,6 +149,8 @@ def load_partitions(
         if not raw:  # deleted, or an end-of-batch marker
             continue
         name = key.decode() if isinstance(key, bytes) else str(key)
+        if name.startswith("\x00"):  # a partition's progress (see `progress_key`)
+            continue
         partition, state = decode(name, raw) if decode is not None else load_state(raw)
         if partition in wanted:
             loaded[partition][name] = state

@@ -105,6 +105,20 @@ def handled(worker: WorkerProcess) -> float:
     )
 
 
+GAP_LOG_LINE = "never reached this worker"  # linkwatch.service, with linkwatch_input_gaps_total
+
+
+def skipped_records(log_dir: Path) -> list[str]:
+    """Every log line of the workers in `log_dir` saying input records were skipped: the
+    stream went on past records it was never handed (a Faust recovery race did this)."""
+    return [
+        line
+        for path in sorted(log_dir.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if GAP_LOG_LINE in line
+    ]
+
+
 def kill_at_random_points(
     settings: Settings,
     log_dir: Path,

@@ -25,6 +25,7 @@ from tests.integration.faults import (
     handled,
     kill_at_random_points,
     s3_server,
+    skipped_records,
     wait_until_delivered,
 )
 from tests.integration.workers import (
@@ -73,6 +74,7 @@ def test_kill_9_at_random_points_loses_no_trigger(
     assert not result.missing, f"{result.summary()}\n{worker.tail_log()}"
     assert not result.invented
     assert not result.altered  # a re-sent trigger is the same trigger, byte for byte
+    assert not skipped_records(tmp_path)  # every restart resumed at its committed offsets
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,7 @@ def test_the_survivor_of_a_pair_takes_over_and_fires_the_dead_ones_deadlines(
     assert not result.missing, f"{result.summary()}\n{second.tail_log()}"
     assert not result.invented
     assert not result.altered
+    assert not skipped_records(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -178,6 +181,7 @@ def test_the_worker_rides_out_a_broker_outage(tmp_path: Path, users: int, outage
     assert not result.missing, f"{result.summary()}\n{worker.tail_log()}"
     assert not result.invented
     assert not result.altered
+    assert not skipped_records(tmp_path)
 
 
 SOAK_START = 1_577_836_800_000  # 2020-01-01: years of event time fit before the clock
