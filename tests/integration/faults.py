@@ -50,6 +50,8 @@ class Delivered:
     missing: set[str]
     invented: set[str]
     altered: set[str]  # ids whose copies differ from the oracle's trigger
+    # What the first few missing and invented triggers were (type, journey, step, deadline).
+    examples: tuple[str, ...] = ()
 
     @property
     def duplicates(self) -> int:
@@ -60,7 +62,14 @@ class Delivered:
             f"triggers on the topic {sum(self.copies.values())}, unique {len(self.copies)}, "
             f"duplicates {self.duplicates} (same id), missing {len(self.missing)}, "
             f"invented {len(self.invented)}, altered {len(self.altered)}"
+            + "".join(f"\n  {example}" for example in self.examples)
         )
+
+
+def _example(kind: str, raw: bytes) -> str:
+    record = orjson.loads(raw)
+    fields = ("type", "journey", "last_step", "missed_step", "deadline", "event_time")
+    return f"{kind}: " + " ".join(f"{f}={record.get(f)}" for f in fields if record.get(f))
 
 
 def delivered(settings: Settings, expected: dict[str, bytes]) -> Delivered:
@@ -72,11 +81,16 @@ def delivered(settings: Settings, expected: dict[str, bytes]) -> Delivered:
             continue
         copies[record["trigger_id"]] += 1
         seen[record["trigger_id"]].add(canonical(record))
+    missing = set(expected) - set(copies)
+    invented = set(copies) - set(expected)
+    examples = [_example("missing", expected[i]) for i in sorted(missing)[:5]]
+    examples += [_example("invented", min(seen[i])) for i in sorted(invented)[:5]]
     return Delivered(
         copies=copies,
-        missing=set(expected) - set(copies),
-        invented=set(copies) - set(expected),
+        missing=missing,
+        invented=invented,
         altered={i for i, versions in seen.items() if i in expected and versions != {expected[i]}},
+        examples=tuple(examples),
     )
 
 
