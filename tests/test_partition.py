@@ -211,8 +211,23 @@ def test_silence_before_a_stall_still_counts(cart_journeys: JourneySet) -> None:
     before a stall is idle soon after it."""
     p = live(cart_journeys)
     p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
-    for t in range(WALL + 200, WALL + IDLE - 1000 + 1, 200):
+    for t in range(WALL + 200, WALL + IDLE - 2000 + 1, 200):
         p.on_tick(t)
-    resumed = WALL + IDLE - 1000 + 3 * STALL  # a 3 s stall
+    resumed = WALL + IDLE - 2000 + 3 * STALL  # a 3 s gap: 2 s beyond the stall threshold
     assert p.on_tick(resumed) == []
     assert [t.missed_step for t in triggers(p.on_tick(resumed + 1000))] == ["checkout"]
+
+
+def test_ticks_that_keep_coming_late_do_not_postpone_idleness_for_ever(
+    cart_journeys: JourneySet,
+) -> None:
+    """A slow broker hands every tick over 1.5 s after the last (more than the stall
+    threshold): only the excess is blind time, so the silence still adds up. (Counting whole
+    gaps, one partition of the 30 s outage test never went idle and its drop-offs never
+    fired.)"""
+    p = live(cart_journeys)
+    p.process(decode_event(cart("a", at(0))), source="clicks", now_ms=WALL)
+    fired = []
+    for t in range(WALL + 1500, WALL + 4 * IDLE, 1500):
+        fired += triggers(p.on_tick(t))
+    assert [t.missed_step for t in fired] == ["checkout"]

@@ -126,14 +126,16 @@ class PartitionProcessor:
     def on_tick(self, now_ms: int, backlog: Backlog | None = None) -> list[Output]:
         """Wall-clock time passed (live): idle sources stop holding the watermark back, and
         when all are idle the watermark follows the clock. Ticks come every tick interval
-        while this worker can read: a gap longer than `stall_ms` is time it could not (the
-        broker was down, the process stalled), and it counts as no source's silence.
+        while this worker can read: the part of a gap beyond `stall_ms` is time it could not
+        (the broker was down, the process stalled), and it counts as no source's silence.
         Otherwise records held back upstream during a broker outage would all be late when
         it ends."""
         last_tick, self.last_tick_at = self.last_tick_at, now_ms
         if last_tick is not None and self.stall_ms is not None:
-            blind = now_ms - last_tick
-            if blind > self.stall_ms:
+            # Only the excess over `stall_ms`: ticks that keep arriving a little late (a slow
+            # broker) must not postpone every source's silence for ever.
+            blind = now_ms - last_tick - self.stall_ms
+            if blind > 0:
                 for clock in self.sources.values():
                     if clock.seen_at is not None:
                         clock.seen_at = min(now_ms, clock.seen_at + blind)
