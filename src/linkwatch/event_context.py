@@ -7,12 +7,14 @@ so it writes each partition's states in the context of one of that partition's r
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 # Faust keeps the current event here (read by faust.streams.current_event, which tables use).
 from faust.streams import _current_event
+
+from linkwatch.store import BytesTable, end_of_batch_key
 
 
 @contextmanager
@@ -23,3 +25,21 @@ def event_context(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+async def end_batch(
+    table: BytesTable,
+    written: list[tuple[int, Any]],
+    flush: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Make a batch's changelog writes recoverable on Tansu (see `store.end_of_batch_key`):
+    once they are acknowledged, end each partition written with a marker, in the context of
+    one of its records (`written`: partition, event), and wait for the markers too, since
+    Faust may commit the batch's offsets as soon as the batch is handled."""
+    if not written or flush is None:
+        return
+    await flush()
+    for partition, event in written:
+        with event_context(event):
+            table[end_of_batch_key(partition)] = b""
+    await flush()

@@ -37,13 +37,12 @@ from linkwatch.entities import (
     load_signal,
     signal_order,
 )
-from linkwatch.event_context import event_context
+from linkwatch.event_context import end_batch, event_context
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import (
     MAX_VALUE_BYTES,
     BytesTable,
     WriteBackStore,
-    end_of_batch_key,
     load_partitions,
     log_oversized,
     progress_key,
@@ -192,13 +191,7 @@ class LiveEntities:
                     changed += 1
             if changed:
                 written.append((partition, event))
-        if written and self.flush_producer is not None:
-            # Recoverable on Tansu (see `store.end_of_batch_key`), before Faust may commit.
-            await self.flush_producer()
-            for partition, event in written:
-                with event_context(event):
-                    self.records[end_of_batch_key(partition)] = b""
-            await self.flush_producer()
+        await end_batch(self.records, written, self.flush_producer)
         for level, source, watermark in higher_marks:
             await send_marks(self.send_signal, self.partitions, level, source, watermark)
 

@@ -47,7 +47,7 @@ from linkwatch.entities import (
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
-from linkwatch.event_context import event_context
+from linkwatch.event_context import end_batch, event_context
 from linkwatch.events import parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
@@ -61,7 +61,6 @@ from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
 from linkwatch.store import (
     PartitionStore,
-    end_of_batch_key,
     load_partitions,
     log_oversized,
     progress_key,
@@ -264,23 +263,11 @@ class LiveJourneys:
                     changed += 1
             if changed:
                 written.append((partition, event))
-        await self._end_batch(written)
+        await end_batch(self.states, written, self.flush_producer)
         for partition in sorted(ticked):
             ticked_processor = self.processors.get(partition)
             if ticked_processor is not None:
                 await self._mark(partition, ticked_processor, now)
-
-    async def _end_batch(self, written: list[tuple[int, EventT[Any]]]) -> None:
-        """Make the batch's writes recoverable on Tansu (see `store.end_of_batch_key`): once
-        they are acknowledged, end each partition with a marker, and wait for that too, since
-        Faust may commit the batch's offsets as soon as this returns."""
-        if not written or self.flush_producer is None:
-            return
-        await self.flush_producer()
-        for partition, event in written:
-            with event_context(event):
-                self.states[end_of_batch_key(partition)] = b""
-        await self.flush_producer()
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
