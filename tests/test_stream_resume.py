@@ -44,8 +44,10 @@ class Steps:
 
 
 class FakeConsumer:
-    def __init__(self, steps: Steps) -> None:
+    def __init__(self, steps: Steps, committed: dict[TP, int | None]) -> None:
         self.steps = steps
+        self.committed = committed
+        self._committed_offset: dict[TP, int | None] = {}
 
     def assignment(self) -> set[TP]:
         return {STREAM, CHANGELOG}
@@ -53,6 +55,11 @@ class FakeConsumer:
     async def perform_seek(self) -> None:
         await asyncio.sleep(0)  # a real seek waits for the broker
         self.steps.done.append("seek")
+        # Faust keeps the committed offsets it found, 0 and "none" both as None.
+        self._committed_offset.update({tp: o or None for tp, o in self.committed.items()})
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.steps.done.append(f"seek {tp.topic} to {offset}")
 
     def resume_flow(self) -> None:
         self.steps.done.append("resume flow")
@@ -62,8 +69,8 @@ class FakeConsumer:
 
 
 class FakeApp:
-    def __init__(self, steps: Steps) -> None:
-        self.consumer = FakeConsumer(steps)
+    def __init__(self, steps: Steps, committed: dict[TP, int | None]) -> None:
+        self.consumer = FakeConsumer(steps, committed)
         self.conf = type("Conf", (), {"broker_request_timeout": 5.0})()
         self.flow_control = type("Flow", (), {"resume": lambda _: steps.done.append("clear")})()
         self._fetcher = type("Fetcher", (), {"maybe_start": self._start_fetcher})()
@@ -76,8 +83,8 @@ class FakeApp:
 class RecoveryShell:
     """The attributes of Faust's Recovery that `_seek_then_resume` uses."""
 
-    def __init__(self, steps: Steps) -> None:
-        self.app = FakeApp(steps)
+    def __init__(self, steps: Steps, committed: dict[TP, int | None]) -> None:
+        self.app = FakeApp(steps, committed)
         self.log = logging.getLogger("test")
         self.completed = asyncio.Event()
 
@@ -90,7 +97,7 @@ class RecoveryShell:
 
 async def test_streams_are_fetched_only_after_the_seek_and_the_clearing_of_queues() -> None:
     steps = Steps()
-    shell = RecoveryShell(steps)
+    shell = RecoveryShell(steps, {STREAM: 658, CHANGELOG: 12})
     await InOrderRecovery._seek_then_resume(shell)  # type: ignore[arg-type]
     # Fetched before the seek, records would be handled or cleared and then not re-read.
     assert steps.done == [
@@ -101,6 +108,17 @@ async def test_streams_are_fetched_only_after_the_seek_and_the_clearing_of_queue
         "fetcher",
     ]
     assert shell.completed.is_set()
+
+
+async def test_stream_partitions_never_committed_are_read_from_the_beginning() -> None:
+    """aiokafka seeks only to committed offsets > 0; a partition without one would go on from
+    wherever fetches made while it was paused left it, past records Faust dropped."""
+    for committed in (None, 0):
+        steps = Steps()
+        await InOrderRecovery._seek_then_resume(  # type: ignore[arg-type]
+            RecoveryShell(steps, {STREAM: committed, CHANGELOG: None})
+        )
+        assert steps.done[:3] == ["seek", "seek events.click to 0", "clear"]  # changelogs: no
 
 
 def test_the_worker_app_recovers_tables_with_the_in_order_recovery() -> None:

@@ -14,6 +14,14 @@ found them late: triggers missing, others invented.
 Here the seek comes first, while the stream partitions are still paused; then flow resumes
 (the queues it clears hold nothing of them); only then are they fetched again, from the
 committed offsets. The rest of each step is Faust's own, in Faust's order.
+
+A partition the group never committed has no offset to seek to, and aiokafka leaves its
+position where fetches left it. Records fetched for it while Faust held it paused are dropped
+(Faust's fetcher yields only records of active partitions), so a survivor that took over
+partitions its dead peer had never committed read none of the records waiting in them (the
+100k rebalance test: share 2 and 3 and purchase 2 stayed at their end offsets, unhandled, and
+their partitions' deadlines never fired). Such partitions are sought to their beginning, which
+is what `consumer_auto_offset_reset="earliest"` asks for. Related: faust-streaming #216.
 """
 
 from __future__ import annotations
@@ -79,13 +87,19 @@ class InOrderRecovery(Recovery):
         app: Any = self.app
         consumer = app.consumer
         assignment = consumer.assignment()
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            # aiokafka seeks only to committed offsets > 0: the others start at the beginning
+            # (see the module docstring). An offset before the log start resets to it.
+            for tp in sorted(streams):
+                if not consumer._committed_offset.get(tp):
+                    await consumer.seek(tp, 0)
         self.completed.set()
         app.flow_control.resume()  # clears the queues: none holds a stream record yet
         consumer.resume_flow()
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        consumer.resume_partitions(streams)
         await app._fetcher.maybe_start()
 
 
