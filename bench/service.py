@@ -500,7 +500,7 @@ def throughput(
     print(f"produced {sent:,} records in {produce_s:.1f} s ({sent / produce_s:,.0f}/s)")
     del records
     print_header()
-    broker_pid = broker_process_id(broker)
+    broker_pid = broker.pid
     timeout = 60 + sent / 200  # generous: a stuck contender fails instead of hanging the run
     results: dict[str, dict[str, Any]] = {}
 
@@ -574,11 +574,6 @@ def throughput(
         "profiled": profile is not None,
         "worker_profile_tottime_by_package_s": by_package,
     }
-
-
-def broker_process_id(broker: EmbeddedBroker) -> int | None:
-    process = getattr(broker, "_process", None)  # private, but only read: the bench wants CPU
-    return process.pid if process is not None else None
 
 
 def print_header() -> None:

@@ -120,6 +120,11 @@ class EmbeddedBroker:
         return f"kafka://{self.bootstrap}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while one was started (for CPU and memory readings)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
