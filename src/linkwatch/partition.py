@@ -75,8 +75,10 @@ class PartitionProcessor:
         self.sources: dict[str, SourceClock] = {
             name: SourceClock(None, started_at) for name in sources
         }
-        self.last_tick_at: int | None = None  # wall-clock ms of the latest tick (live only)
-        self.stall_ms = stall_ms  # a longer gap between ticks: the worker could not read
+        # Wall-clock ms of the latest record or tick read (live only): each proves the worker
+        # could read then. The part of a gap between reads beyond `stall_ms` it could not.
+        self.last_read_at: int | None = None
+        self.stall_ms = stall_ms
         # (wake-up time, user_id). Entries may be stale: popping one just re-checks the user.
         self._wakeups: list[tuple[int, str]] = []
         # Idle users to forget once their state TTL has passed: (expiry, user_id) in roughly
@@ -102,6 +104,8 @@ class PartitionProcessor:
                 raise _future(ts, now_ms, "the clock")
         elif watermark is not None and ts > watermark + MAX_FUTURE_MS:
             raise _future(ts, watermark, "the watermark")
+        if now_ms is not None:
+            self._read_at(now_ms)
         user_id = event.user_id
         accepted = self.engine.accept(self.store.get(user_id), event, watermark)
         if accepted.verdict is not Verdict.DUPLICATE:
@@ -123,24 +127,33 @@ class PartitionProcessor:
             outputs = outputs + self.advance_to(target) if outputs else self.advance_to(target)
         return Processed(accepted.verdict, outputs)
 
+    def _read_at(self, now_ms: int) -> None:
+        """A record or tick was read at `now_ms`. Ticks come every tick interval while this
+        worker can read, so the part of a gap between reads beyond `stall_ms` is time it
+        could not (the broker was down, the process stalled), and it counts as no source's
+        silence. Otherwise records held back upstream during a broker outage would all be
+        late when it ends. Records count as well as ticks: after an outage the first record
+        read may come before the first tick, and judged without the discount it found every
+        other source silent for the whole outage (the 30 s outage test: purchases late,
+        their drop-offs invented)."""
+        last, self.last_read_at = self.last_read_at, now_ms
+        if last is None or self.stall_ms is None:
+            return
+        # Only the excess over `stall_ms`: ticks that keep arriving a little late (a slow
+        # broker) must not postpone every source's silence for ever.
+        blind = now_ms - last - self.stall_ms
+        if blind > 0:
+            for clock in self.sources.values():
+                if clock.seen_at is not None:
+                    clock.seen_at = min(now_ms, clock.seen_at + blind)
+            if self.started_at is not None:
+                self.started_at = min(now_ms, self.started_at + blind)
+
     def on_tick(self, now_ms: int, backlog: Backlog | None = None) -> list[Output]:
         """Wall-clock time passed (live): idle sources stop holding the watermark back, and
-        when all are idle the watermark follows the clock. Ticks come every tick interval
-        while this worker can read: the part of a gap beyond `stall_ms` is time it could not
-        (the broker was down, the process stalled), and it counts as no source's silence.
-        Otherwise records held back upstream during a broker outage would all be late when
-        it ends."""
-        last_tick, self.last_tick_at = self.last_tick_at, now_ms
-        if last_tick is not None and self.stall_ms is not None:
-            # Only the excess over `stall_ms`: ticks that keep arriving a little late (a slow
-            # broker) must not postpone every source's silence for ever.
-            blind = now_ms - last_tick - self.stall_ms
-            if blind > 0:
-                for clock in self.sources.values():
-                    if clock.seen_at is not None:
-                        clock.seen_at = min(now_ms, clock.seen_at + blind)
-                if self.started_at is not None:
-                    self.started_at = min(now_ms, self.started_at + blind)
+        when all are idle the watermark follows the clock (see `_read_at` for time in which
+        the worker could not read)."""
+        self._read_at(now_ms)
         if self.max_ts is None and self.watermark is None:
             # Nothing seen yet: nothing can be due, and following the clock now would make
             # every event that does arrive (e.g. a backfill of older data) late.

@@ -178,8 +178,9 @@ class Settings(BaseSettings):
 
     @property
     def stall_ms(self) -> int:
-        """A gap between ticks longer than this is time the worker could not read (see
-        `PartitionProcessor.on_tick`): a few missed ticks, at least a second."""
+        """The part of a gap between reads (records or ticks) beyond this is time the worker
+        could not read (see `PartitionProcessor._read_at`): a few missed ticks, at least a
+        second."""
         return max(1000, 4 * parse_duration(self.tick_interval))
 
     @property
