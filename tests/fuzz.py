@@ -1,8 +1,8 @@
 """Bad input for the fault suite: the hand-made corpus and a seeded fuzzer of valid records.
 
 Both describe records the way a producer sends them (`Sent`): the kind of topic a record goes
-to, its Kafka key and its value (None: a tombstone). The live test sends exactly that; offline
-tests hand the same three things to `decode_record`.
+to, its Kafka key, its value (None: a tombstone) and its headers. The live test sends exactly
+that; offline tests hand the same things to `decode_message`, as the worker does.
 
 The corpus is `tests/data/bad-records.jsonl`, one case a line:
 
@@ -11,6 +11,7 @@ The corpus is `tests/data/bad-records.jsonl`, one case a line:
     topic      the kind whose topic the record is sent to ("click", ...)
     key        the Kafka key as text, or null (no key); `key_b64` instead for bytes
     value      the record as text, or null (a tombstone); `value_b64` instead for bytes
+    headers    optional {"name": "value"}: the record's Kafka headers (e.g. content-type)
     repeat     optional {"@NAME@": [piece, times]}: each placeholder in the value becomes piece
                repeated `times` times (huge strings and nesting, built on load)
     expect     what the live worker decides: a reject reason (`errors.RejectReason`), or
@@ -73,6 +74,7 @@ CATEGORIES: Final = (
     "missing_field",
     "invalid_value",
     "unicode",
+    "batch",  # a record that carries events (a JSON array, or NDJSON): bad as a whole
 )
 VERDICTS: Final = ("accepted", "duplicate")
 
@@ -83,6 +85,15 @@ class Sent(NamedTuple):
     topic_kind: str  # the kind whose input topic it goes to
     key: bytes | None
     value: bytes | None  # None: a tombstone
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def event_bytes(value: bytes, index: int) -> bytes:
+    """What a dead letter keeps of the event at `index` of a batch record (README, "Batch
+    records"): its NDJSON line as sent, or its JSON array element re-serialised compactly."""
+    if value.lstrip(b" \t\r\n").startswith(b"["):
+        return orjson.dumps(orjson.loads(value)[index])
+    return value.split(b"\n")[index].rstrip(b"\r")
 
 
 # -- the corpus ------------------------------------------------------------------------------
@@ -122,7 +133,12 @@ def _case(entry: dict[str, Any], where: str) -> Case:
     return Case(
         name=entry["name"],
         category=entry["category"],
-        sent=Sent(entry["topic"], _bytes_of(entry, "key"), value),
+        sent=Sent(
+            entry["topic"],
+            _bytes_of(entry, "key"),
+            value,
+            tuple((name, text.encode()) for name, text in entry.get("headers", {}).items()),
+        ),
         expect=entry["expect"],
         replay=replay,
     )

@@ -1,10 +1,11 @@
 """Bad input never stops LinkWatch, offline (issue 6).
 
 The hand-made corpus (tests/data/bad-records.jsonl, see tests/fuzz.py) gets exactly its expected
-outcome on the live path (`decode_record` with topic and key, then the partition processor) and
-through `replay_lines`. Fuzzed mutations of valid records raise nothing but rejections, each
-rejected one becomes exactly one dead letter with a reason, each accepted one is counted, on
-both paths. A redelivered event is a duplicate with no second effect.
+outcome on the live path (`decode_message` with topic, key and headers, then the partition
+processor) and through `replay_lines`. Fuzzed mutations of valid records raise nothing but
+rejections, each rejected one (or each rejected event of a batch record) becomes exactly one
+dead letter with a reason, each accepted one is counted, on both paths. A redelivered event is
+a duplicate with no second effect.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkwatch.codec import decode_event, decode_record
+from linkwatch.codec import Batch, decode_event, decode_message
 from linkwatch.deadletters import DeadLetter, FileSource, KafkaSource
 from linkwatch.engine import JourneyEngine
 from linkwatch.errors import RecordRejected, RejectReason
@@ -29,14 +30,17 @@ from linkwatch.partition import PartitionProcessor
 from linkwatch.replay import replay_lines
 from linkwatch.simulate import generate
 from linkwatch.triggers import TopicRecord
-from tests.fuzz import CATEGORIES, VERDICTS, Case, Sent, load_corpus, mutations
+from tests.fuzz import CATEGORIES, VERDICTS, Case, Sent, event_bytes, load_corpus, mutations
 
 START = 1_732_233_600_000  # 2024-11-22T00:00:00Z
 # Live, the clock judges far-future events: a minute after the corpus's event time, as if live.
 CORPUS_CLOCK = START + 11 * 60_000
 JOURNEYS = load_journeys()
 REASONS = frozenset(reason.value for reason in RejectReason)
-# Decided after `decode_record`, by the partition processor.
+# Decided on a batch record's event count or on a content-type header, which the fuzzer of
+# single records does not vary: the corpus and tests/test_batches.py cover them.
+NOT_FUZZED = frozenset({"too_many_events", "unsupported_content_type"})
+# Decided after decoding, by the partition processor.
 PROCESSOR_OUTCOMES = frozenset({"future_timestamp", "accepted", "duplicate", "late"})
 PROCESSED = frozenset({"accepted", "duplicate", "late"})
 MAX_MESSAGE_BYTES = 1_000_000  # the worker's producer limit (Faust's producer_max_request_size)
@@ -45,38 +49,68 @@ CORPUS = load_corpus()
 
 class LivePath:
     """What the worker's record agent does with one record (`LiveJourneys._on_record`), without
-    Kafka: `decode_record` with its topic and key, the partition processor at wall-clock `now`,
-    and a dead letter, serialised as sent, for each rejection. Any other exception the worker
-    would dead-letter as `processing_error`: here it fails the test, with its traceback."""
+    Kafka: `decode_message` with its topic, key and headers, each event through the partition
+    processor at wall-clock `now`, and a dead letter, serialised as sent, for each rejection
+    (of the record, or of one event of a batch record). Any other exception the worker would
+    dead-letter as `processing_error`: here it fails the test, with its traceback."""
 
     def __init__(self) -> None:
         self.processor = PartitionProcessor(JourneyEngine(JOURNEYS))
         self.letters: list[DeadLetter] = []
         self.offset = 0
 
-    def feed(self, sent: Sent, now: int) -> str:
-        """The outcome: a reject reason, or the processor's verdict."""
+    def feed(self, sent: Sent, now: int) -> list[str]:
+        """The outcome of each event of the record, in order (one, unless it is a batch
+        record): a reject reason, or the processor's verdict."""
         topic = f"events.{sent.topic_kind}"
         self.offset += 1
         try:
-            event = decode_record(sent.value, topic_kind=sent.topic_kind, key=sent.key, topic=topic)
-            result = self.processor.process(event, topic, now)
+            decoded = decode_message(
+                sent.value,
+                headers=sent.headers,
+                topic_kind=sent.topic_kind,
+                key=sent.key,
+                topic=topic,
+            )
         except RecordRejected as rejection:
-            source = KafkaSource(topic=topic, partition=0, offset=self.offset)
-            letter = DeadLetter.from_rejection(sent.value or b"", rejection, source)
-            # What the worker sends, and it must fit a Kafka message, or the send fails.
-            assert len(orjson.dumps(letter.model_dump(mode="json"))) < MAX_MESSAGE_BYTES
-            self.letters.append(letter)
-            return rejection.reason.value
-        return result.verdict.value
+            return [self.reject(sent.value or b"", rejection, topic, None)]
+        if not isinstance(decoded, Batch):
+            return [self.process(decoded, sent.value or b"", topic, None, now)]
+        outcomes = []
+        for index, item in decoded.items:
+            if isinstance(item, RecordRejected):
+                outcomes.append(self.reject(decoded.raw_of(index), item, topic, index))
+            else:
+                outcomes.append(self.process(item, decoded.raw_of(index), topic, index, now))
+        return outcomes
+
+    def process(self, event: Any, raw: bytes, topic: str, index: int | None, now: int) -> str:
+        try:
+            return self.processor.process(event, topic, now).verdict.value
+        except RecordRejected as rejection:
+            return self.reject(raw, rejection, topic, index)
+
+    def reject(self, raw: bytes, rejection: RecordRejected, topic: str, index: int | None) -> str:
+        source = KafkaSource(topic=topic, partition=0, offset=self.offset, index=index)
+        letter = DeadLetter.from_rejection(raw, rejection, source)
+        # What the worker sends, and it must fit a Kafka message, or the send fails.
+        assert len(orjson.dumps(letter.model_dump(mode="json"))) < MAX_MESSAGE_BYTES
+        self.letters.append(letter)
+        return rejection.reason.value
 
 
 def outcome_of_decode(sent: Sent) -> str:
-    """What `decode_record` alone says: a reject reason, or "decoded"."""
+    """What decoding alone (`decode_message`) says of a record that is not a batch, or of a
+    batch record of one event: a reject reason, or "decoded"."""
     try:
-        decode_record(sent.value, topic_kind=sent.topic_kind, key=sent.key)
+        decoded = decode_message(
+            sent.value, headers=sent.headers, topic_kind=sent.topic_kind, key=sent.key
+        )
     except RecordRejected as rejection:
         return rejection.reason.value
+    if isinstance(decoded, Batch):
+        ((_, item),) = decoded.items
+        return item.reason.value if isinstance(item, RecordRejected) else "decoded"
     return "decoded"
 
 
@@ -93,7 +127,7 @@ def test_the_corpus_has_every_category_and_every_reason() -> None:
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
-def test_decode_record_alone_decides_every_reason_it_owns(case: Case) -> None:
+def test_decoding_alone_decides_every_reason_it_owns(case: Case) -> None:
     outcome = outcome_of_decode(case.sent)
     if case.expect in PROCESSOR_OUTCOMES:
         assert outcome == "decoded"
@@ -104,7 +138,7 @@ def test_decode_record_alone_decides_every_reason_it_owns(case: Case) -> None:
 def test_every_corpus_record_gets_its_expected_outcome_on_the_live_path() -> None:
     live = LivePath()
     outcomes = {case.name: live.feed(case.sent, CORPUS_CLOCK) for case in CORPUS}
-    assert outcomes == {case.name: case.expect for case in CORPUS}
+    assert outcomes == {case.name: [case.expect] for case in CORPUS}
     # One dead letter per malformed record, with its reason and its bytes untouched.
     malformed = [case for case in CORPUS if case.malformed]
     assert [letter.reason.value for letter in live.letters] == [case.expect for case in malformed]
@@ -115,7 +149,11 @@ def test_every_corpus_record_gets_its_expected_outcome_on_the_live_path() -> Non
 
 def keeps(letter: DeadLetter, value: bytes) -> bool:
     """The letter holds the record's bytes: all of them, or at least the first 64 KiB of a
-    record too large to process (a letter must still fit a Kafka message)."""
+    record too large to process (a letter must still fit a Kafka message); for one event of
+    a batch record, that event's (see `event_bytes`)."""
+    index = letter.source.index if isinstance(letter.source, KafkaSource) else None
+    if index is not None:
+        return letter.original_bytes() == event_bytes(value, index)
     raw = letter.original_bytes()
     whole = min(len(value), MAX_RECORD_BYTES)
     return letter.raw_size == len(value) and len(raw) >= whole and value.startswith(raw)
@@ -215,13 +253,14 @@ class FuzzRun:
                 event = originals[fed]
                 sent = Sent(event.kind, event.user_id.encode(), records[fed])
                 # Valid traffic is processed, whatever the mutations before it did.
-                assert live.feed(sent, event.ts + 60_000) in PROCESSED
+                (outcome,) = live.feed(sent, event.ts + 60_000)
+                assert outcome in PROCESSED
                 self.lines.append(records[fed])
                 self.original_lines.add(len(self.lines))
                 fed += 1
             # The clock of real-time traffic: a minute after the original's event time.
             now = originals[mutation.origin].ts + 60_000
-            self.outcomes[live.feed(mutation.sent, now)] += 1
+            self.outcomes.update(live.feed(mutation.sent, now))
             value = mutation.sent.value
             if value is not None and b"\n" not in value and b"\r" not in value:
                 self.lines.append(value)
@@ -252,7 +291,7 @@ def check_fuzz_run(run: FuzzRun) -> None:
     assert len(run.live_letters) == rejected
     assert all(letter.message for letter in run.live_letters)
     # The fuzzer reaches every reason and both sides of the line, or it proves little.
-    assert set(run.outcomes) >= (REASONS - {"processing_error"}) | set(VERDICTS)
+    assert set(run.outcomes) >= (REASONS - {"processing_error"} - NOT_FUZZED) | set(VERDICTS)
     # Replay: a dead letter per rejected line, exactly, with the reason decoding gives.
     by_line = Counter(letter.source.line for letter in run.replay_letters)  # type: ignore[union-attr]
     assert max(by_line.values()) == 1
@@ -299,14 +338,55 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
-VALID = [orjson.loads(raw) for raw in generate(users=10, seed=3, start_ms=START, bad_ratio=0.0)]
+VALID_RAW = list(generate(users=10, seed=3, start_ms=START, bad_ratio=0.0))
+VALID = [orjson.loads(raw) for raw in VALID_RAW]
+
+
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/x-ndjson",
+        "Application/JSON; charset=utf-8",
+        "text/plain",
+        "application/x-ndjson; charset=latin1",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from(["click", "share", "purchase", "group_chat"]))
-def test_any_bytes_decode_or_are_rejected(value: bytes, kind: str) -> None:
+@given(
+    st.binary(max_size=300),
+    st.sampled_from(["click", "share", "purchase", "group_chat"]),
+    CONTENT_TYPES,
+)
+def test_any_bytes_decode_or_are_rejected(value: bytes, kind: str, media: str | None) -> None:
+    headers = [("content-type", media.encode())] if media is not None else []
     with suppress(RecordRejected):  # anything else fails the test
-        decode_record(value, topic_kind=kind, key=b"u1")
+        decoded = decode_message(value, headers=headers, topic_kind=kind, key=b"u1")
+        if isinstance(decoded, Batch):  # and each event is decoded or rejected alone
+            assert decoded.items
+            for index, _ in decoded.items:
+                decoded.raw_of(index)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(VALID_RAW) | st.binary(max_size=60), min_size=1, max_size=6))
+def test_any_lines_make_a_batch_of_their_events_or_are_rejected(lines: list[bytes]) -> None:
+    value = b"\n".join(lines)
+    headers = [("content-type", b"application/x-ndjson")]
+    with suppress(RecordRejected):  # rejected whole: empty, or too many events
+        decoded = decode_message(value, headers=headers, topic_kind=None, key=None)
+        assert isinstance(decoded, Batch)
+        for index, item in decoded.items:
+            line = decoded.raw_of(index)
+            assert line == value.split(b"\n")[index].rstrip(b"\r")
+            try:  # each line decides on its own, exactly as a line of a file would
+                alone: object = decode_event(line)
+            except RecordRejected as rejection:
+                alone = rejection.reason
+            decided = item.reason if isinstance(item, RecordRejected) else item
+            assert decided == alone
 
 
 @settings(max_examples=500, deadline=None)
@@ -316,5 +396,6 @@ def test_any_json_in_any_field_decodes_or_is_rejected(record: dict[str, Any], da
     raw = orjson.dumps(record | {name: data.draw(JSON)})
     key = str(record["user_id"]).encode()
     with suppress(RecordRejected):  # anything else fails the test
-        event = decode_record(raw, topic_kind=record["kind"], key=key)
+        event = decode_message(raw, headers=None, topic_kind=record["kind"], key=key)
+        assert not isinstance(event, Batch)
         PartitionProcessor(JourneyEngine(JOURNEYS)).process(event)

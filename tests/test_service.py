@@ -155,7 +155,13 @@ async def test_records_only_a_live_worker_can_reject_are_dead_lettered(
     ((_, letter),) = journeys.dlq_topic.sent
     decoded = orjson.loads(letter)
     assert decoded["reason"] == reason
-    assert decoded["source"] == {"type": "kafka", "topic": topic, "partition": 0, "offset": 7}
+    assert decoded["source"] == {
+        "type": "kafka",
+        "topic": topic,
+        "partition": 0,
+        "offset": 7,
+        "index": None,  # the whole record
+    }
     assert b"u1" not in journeys.states
 
 

@@ -30,6 +30,13 @@ class KafkaSource(BaseModel):
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
+    index: int | None = Field(
+        default=None,
+        ge=0,
+        description="For one event of a batch record: its position in the record, 0-based (the "
+        "JSON array's element, or the NDJSON line: line number = index + 1, blank lines "
+        "counted). null: the whole record was rejected",
+    )
 
 
 Source = Annotated[FileSource | KafkaSource, Field(discriminator="type")]
@@ -46,9 +53,11 @@ class DeadLetter(BaseModel):
     message: str
     raw: str = Field(
         description="The original record bytes, base64-encoded; only the first "
-        f"{MAX_KEPT_BYTES} of a larger record (see raw_truncated)"
+        f"{MAX_KEPT_BYTES} of a larger record (see raw_truncated). For one event of a batch "
+        "record (source.index set): that event's bytes, its NDJSON line as sent or its "
+        "JSON array element re-serialised compactly"
     )
-    raw_size: int = Field(ge=0, description="Size of the original record in bytes")
+    raw_size: int = Field(ge=0, description="Size of the original record (or event) in bytes")
     raw_truncated: bool = Field(
         default=False, description="raw holds only the start of the record (it was larger)"
     )

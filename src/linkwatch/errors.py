@@ -30,6 +30,8 @@ class RejectReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"  # live: the Kafka key is not the record's user_id
     TOPIC_MISMATCH = "topic_mismatch"  # live: the record's kind is not its topic's kind
     PROCESSING_ERROR = "processing_error"  # live: an unexpected error; logged with its traceback
+    TOO_MANY_EVENTS = "too_many_events"  # a batch record over the events-per-record limit
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"  # live: a content-type we cannot read
 
 
 class RecordRejected(LinkWatchError):  # a verdict on a record, not a failure

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from linkwatch.codec import DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_EVENTS, BatchLimits
+from linkwatch.events import MAX_RECORD_BYTES
 from linkwatch.journeys import parse_duration
 
 INPUT_KINDS = ("click", "share", "purchase", "group_chat")
@@ -136,6 +138,20 @@ class Settings(BaseSettings):
         description="Seconds an agent waits for a batch to fill before it handles what it has "
         "(bounds the latency batching adds)",
     )
+    batch_record_max_bytes: int = Field(
+        default=DEFAULT_BATCH_MAX_BYTES,
+        ge=MAX_RECORD_BYTES,
+        le=64 * 1024 * 1024,
+        description="Most bytes in one input record that carries a batch of events (a JSON "
+        "array or NDJSON); a larger one is dead-lettered whole as too_large",
+    )
+    batch_record_max_events: int = Field(
+        default=DEFAULT_BATCH_MAX_EVENTS,
+        ge=1,
+        le=100_000,
+        description="Most events in one batch record; one with more is dead-lettered whole as "
+        "too_many_events",
+    )
     recovery_stall_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -167,6 +183,10 @@ class Settings(BaseSettings):
             "purchase": self.topic_purchase,
             "group_chat": self.topic_group_chat,
         }
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits(self.batch_record_max_bytes, self.batch_record_max_events)
 
     @property
     def idle_timeout_ms(self) -> int:
