@@ -5,6 +5,7 @@ that record what happens, in order; the code under test is the real `LiveJourney
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections import namedtuple
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import pytest
 from faust.streams import current_event
 from prometheus_client import CollectorRegistry
 
+from linkwatch import service
 from linkwatch.journeys import JourneySet
 from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
@@ -76,30 +78,44 @@ class Event:
 
 
 def message(
-    topic: str, offset: int, key: bytes | None, value: bytes | None, partition: int = 0
+    topic: str,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int = 0,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> Any:
     tp = SimpleNamespace(topic=topic, partition=partition, _replace=lambda **kw: None)
     return Event(
         SimpleNamespace(
-            topic=topic, partition=partition, offset=offset, key=key, value=value, tp=tp
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            tp=tp,
+            headers=headers or [],  # as aiokafka hands them over: (name, value) pairs
         )
     )
 
 
-@pytest.fixture
-def live(cart_journeys: JourneySet) -> tuple[LiveJourneys, Log]:
+def make_live(journeys: JourneySet, **settings: Any) -> tuple[LiveJourneys, Log]:
     log: Log = []
-    settings = Settings(idle_timeout="1s")
-    journeys = LiveJourneys(
-        settings,
-        cart_journeys,
+    live = LiveJourneys(
+        Settings(idle_timeout="1s", **settings),
+        journeys,
         Metrics(CollectorRegistry()),
         RecordingTable(log, "state"),
         RecordingTable(log, "watermark"),
         RecordingTopic(log, "trigger"),
         RecordingTopic(log, "dead letter"),
     )
-    return journeys, log
+    return live, log
+
+
+@pytest.fixture
+def live(cart_journeys: JourneySet) -> tuple[LiveJourneys, Log]:
+    return make_live(cart_journeys)
 
 
 async def test_a_trigger_is_delivered_before_the_state_that_produced_it(
@@ -331,3 +347,155 @@ async def test_a_full_flush_waits_until_faust_s_send_buffer_is_empty() -> None:
     await flush_fully(producer)()
     assert producer.buffer.size == 0
     assert producer.flushes == 3
+
+
+# -- batch records ----------------------------------------------------------------------------
+
+NDJSON = [("content-type", b"application/x-ndjson")]
+
+
+def sample(live: LiveJourneys, name: str, **labels: str) -> float:
+    return live.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize("form", ["array", "ndjson", "ndjson without a header"])
+async def test_a_batch_record_has_the_effect_of_its_events_sent_one_per_record(
+    cart_journeys: JourneySet, form: str
+) -> None:
+    events = [
+        raw(event_id="a", ts=at(0), page="cart"),
+        raw(event_id="b", ts=at(1), page="product", landing_status=404),  # a dead end
+        raw(event_id="c", ts=at(2), page="checkout"),
+        raw(event_id="a", ts=at(2), page="cart"),  # a redelivery
+        raw(event_id="d", ts=at(3), page="landing", landing_status=502),  # another
+    ]
+    single, _ = make_live(cart_journeys)
+    await single.on_batch(
+        [message("events.click", offset, b"u1", value) for offset, value in enumerate(events)]
+    )
+    value = b"[" + b",".join(events) + b"]" if form == "array" else b"\n".join(events)
+    batched, log = make_live(cart_journeys)
+    headers = NDJSON if form == "ndjson" else []
+    await batched.on_batch([message("events.click", 0, b"u1", value, headers=headers)])
+    assert len(single.triggers_topic.sent) == 2  # the two dead ends, not vacuous
+    assert batched.triggers_topic.sent == single.triggers_topic.sent  # same ids, same bytes
+    assert batched.dlq_topic.sent == []
+    assert batched.states[b"u1"] == single.states[b"u1"]
+    assert [what for what, key in log if key == b"u1"] == [
+        "trigger delivered",
+        "trigger delivered",
+        "state written",  # once, after the deliveries, however many events touched it
+    ]
+    for name in ("linkwatch_events_total", "linkwatch_events_duplicate_total"):
+        assert sample(batched, name, kind="click", channel="web") == sample(
+            single, name, kind="click", channel="web"
+        )
+
+
+async def test_each_bad_event_of_a_batch_record_is_dead_lettered_alone_with_its_index(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    journeys, _ = live
+    lines = [
+        raw(event_id="a", ts=at(0), page="cart"),
+        raw(event_id="b", user_id="u2", page="cart"),  # another user's: not this key's
+        b"",  # a blank line: no event, but it counts
+        b'{"kind": "click", oops',
+        raw(event_id="e", ts=at(1), page="checkout"),
+    ]
+    await journeys.on_event(message("events.click", 7, b"u1", b"\n".join(lines), 0, NDJSON))
+    letters = [(key, orjson.loads(value)) for key, value in journeys.dlq_topic.sent]
+    place = {"type": "kafka", "topic": "events.click", "partition": 0, "offset": 7}
+    assert [(key, letter["reason"], letter["source"]) for key, letter in letters] == [
+        (b"u1", "key_mismatch", {**place, "index": 1}),
+        (b"u1", "invalid_json", {**place, "index": 3}),
+    ]
+    assert [base64.b64decode(letter["raw"]) for _, letter in letters] == [lines[1], lines[3]]
+    # The good events went on: the user's state remembers both, the other user has none.
+    _, state = load_state(journeys.states[b"u1"])
+    assert len(state.recent) == 2
+    assert b"u2" not in journeys.states
+    assert sample(journeys, "linkwatch_events_total", kind="click", channel="web") == 2
+    for reason in ("key_mismatch", "invalid_json"):
+        assert sample(journeys, "linkwatch_records_rejected_total", reason=reason) == 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [({"batch_record_max_events": 2}, "too_many_events"), ({}, "unsupported_content_type")],
+)
+async def test_a_batch_record_beyond_its_bounds_is_dead_lettered_whole(
+    cart_journeys: JourneySet, limit: dict[str, int], reason: str
+) -> None:
+    journeys, _ = make_live(cart_journeys, **limit)
+    value = b"[" + b",".join(raw(event_id=e, page="cart") for e in "abc") + b"]"
+    headers = [] if limit else [("content-type", b"text/csv")]
+    await journeys.on_event(message("events.click", 3, b"u1", value, headers=headers))
+    ((_, sent),) = journeys.dlq_topic.sent
+    letter = orjson.loads(sent)
+    assert letter["reason"] == reason
+    assert letter["source"]["index"] is None
+    assert base64.b64decode(letter["raw"]) == value
+    assert b"u1" not in journeys.states
+    assert sample(journeys, "linkwatch_records_rejected_total", reason=reason) == 1
+
+
+async def test_an_unexpected_error_costs_one_event_of_a_batch_record(
+    live: tuple[LiveJourneys, Log],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journeys, _ = live
+    processor = journeys.processor(0, 0)
+    real = processor.process
+
+    def broken_for_b(event: Any, *args: Any) -> Any:
+        if event.event_id == "b":
+            raise ZeroDivisionError(f"a bug about {event.user_id}")
+        return real(event, *args)
+
+    monkeypatch.setattr(processor, "process", broken_for_b)
+    lines = [
+        raw(event_id=e, user_id="user-one", ts=at(i), page="cart") for i, e in enumerate("abc")
+    ]
+    await journeys.on_event(message("events.click", 5, b"user-one", b"\n".join(lines)))
+    ((_, sent),) = journeys.dlq_topic.sent
+    letter = orjson.loads(sent)
+    assert (letter["reason"], letter["source"]["index"]) == ("processing_error", 1)
+    assert base64.b64decode(letter["raw"]) == lines[1]
+    _, state = load_state(journeys.states[b"user-one"])
+    assert len(state.recent) == 2  # a and c
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "linkwatch.service"]
+    assert "events.click/0@5 (event 1 of the batch)" in line
+    assert "ZeroDivisionError" in line
+    assert user_ref("user-one", user_ref_key(journeys.settings)) in line
+    assert "user-one" not in line
+
+
+async def test_records_that_expand_to_many_events_let_the_event_loop_run_between_them(
+    live: tuple[LiveJourneys, Log], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz, /metrics and the timers share the event loop with the agent: a batch of
+    records of many events each must not hold it for its whole length."""
+    journeys, _ = live
+    monkeypatch.setattr(service, "YIELD_AFTER_EVENTS", 2)
+    users = [f"u{n}".encode() for n in range(3)]
+    records = [
+        message(
+            "events.click",
+            n,
+            user,
+            b"\n".join(raw(event_id=e, user_id=user.decode()) for e in "ab"),
+        )
+        for n, user in enumerate(users)
+    ]
+    seen: list[set[str]] = []
+
+    async def meanwhile() -> None:  # what a web request would see when it gets its turn
+        seen.append(set(journeys.processor(0, 0).store))
+
+    task = asyncio.get_running_loop().create_task(meanwhile())
+    await journeys.on_batch(records)
+    await task
+    # It ran while the batch was being handled: after the first record, before the last.
+    assert seen == [{"u0"}]

@@ -35,7 +35,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "linkwatch_records_rejected_total",
-            "Input records dead-lettered, by reason",
+            "Input records dead-lettered, by reason (each rejected event of a batch record "
+            "counts once)",
             ["reason"],
             registry=registry,
         )

@@ -9,6 +9,9 @@ are co-partitioned, so one worker owns all of p):
                                        └─> states table [p] (changelog): user states,
                                            then the partition's progress (watermark)
 
+A record may carry a batch of one user's events (`codec.decode_message`): they are handled in
+order, exactly as if each had come in a record of its own, and a bad one is dead-lettered alone.
+
 Deadlines fire from ticks: a timer sends a tick to each partition this worker owns, and the
 agent handles it like an event. State is then only ever written in the partition's event
 context (RocksDB tables require it), and ticks are replayed after a crash like any record.
@@ -22,6 +25,7 @@ repeat a trigger (same `trigger_id`), never lose one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +38,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
-from linkwatch.codec import decode_record
+from linkwatch.codec import Batch, BatchLimits, decode_message
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.delivery import deliver_all
 from linkwatch.engine import JourneyEngine, Output
@@ -48,7 +52,7 @@ from linkwatch.entities import (
 )
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.event_context import end_batch, event_context
-from linkwatch.events import parse_ts
+from linkwatch.events import Event, parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
 from linkwatch.live_entities import LiveEntities, send_marks, send_signals
@@ -79,8 +83,24 @@ RAW: dict[str, Any] = {
 }
 
 
+# While handling a batch, the agent lets the event loop run (web probes, /metrics, timers)
+# after this many events of batch records: LINKWATCH_BATCH_MAX records of up to
+# LINKWATCH_BATCH_RECORD_MAX_EVENTS events each could otherwise hold it for tens of seconds.
+# Safe mid-batch: Faust revokes a partition only once the batch is acked. Records of one
+# event do not count, so their batches run as before.
+YIELD_AFTER_EVENTS = 2000
+
+
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _raw_of(message: Any, batch: Batch | None, index: int | None) -> bytes:
+    """What a dead letter keeps: the record's bytes, or those of its event at `index`."""
+    if batch is not None and index is not None:
+        return batch.raw_of(index)
+    value: bytes | None = message.value
+    return value or b""
 
 
 @dataclass
@@ -112,6 +132,8 @@ class LiveJourneys:
     on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
     unknown_lag_grace_ms: int = 30_000  # see `_backlog_of`
     flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
+    batch_limits: BatchLimits = field(init=False)
+    batched_events: int = 0  # events of batch records handled since the loop last ran
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -119,6 +141,7 @@ class LiveJourneys:
         self.features = features_of(self.journeys)
         self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
         self.user_key = user_ref_key(self.settings)
+        self.batch_limits = self.settings.batch_limits
 
     def reload(self, journeys: JourneySet) -> None:
         """Run `journeys` from now on. Each loaded partition switches in its own event context,
@@ -234,6 +257,9 @@ class LiveJourneys:
             else:
                 outputs.extend(self._on_record(processor, kind, message, now, backlog, letters))
             last_event[partition] = event
+            if self.batched_events >= YIELD_AFTER_EVENTS:
+                self.batched_events = 0
+                await asyncio.sleep(0)
         if letters:
             # Delivered before the record's offset can be committed, like a trigger.
             await deliver_all(self.dlq_topic.send, letters)
@@ -306,33 +332,82 @@ class LiveJourneys:
         backlog: Backlog,
         letters: list[dict[str, Any]],
     ) -> list[Output]:
+        """One input record: its event, or each event of a batch record in order (a rejected
+        one dead-lettered alone, with its index; the others processed as if sent alone)."""
         raw: bytes | None = message.value
         try:
-            event = decode_record(raw, topic_kind=kind, key=message.key, topic=message.topic)
-            result = processor.process(event, message.topic, now, backlog)
+            decoded = decode_message(
+                raw,
+                headers=message.headers,
+                topic_kind=kind,
+                key=message.key,
+                topic=message.topic,
+                limits=self.batch_limits,
+            )
         except RecordRejected as rejection:
             letters.append(self._dead_letter(raw or b"", rejection, message))
             return []
         except Exception as exc:  # a bug must cost one record, not the stream
-            # Where it failed, and whose record (hashed), never the error's text: that may
-            # quote the record, user id included.
-            log.error(
-                "record %s/%d@%d of user %s failed; dead-lettered\n%s",
-                message.topic,
-                message.partition,
-                message.offset,
-                user_ref(message.key.decode(errors="replace"), self.user_key)
-                if message.key
-                else "(no key)",
-                traceback_without_text(exc),
-            )
-            failure = RecordRejected(
-                RejectReason.PROCESSING_ERROR, f"{type(exc).__name__} while processing the record"
-            )
-            letters.append(self._dead_letter(raw or b"", failure, message))
+            letters.append(self._failed(exc, message, raw or b""))
+            return []
+        if not isinstance(decoded, Batch):
+            return self._process(processor, decoded, message, now, backlog, letters)
+        self.batched_events += len(decoded.items)
+        outputs: list[Output] = []
+        for index, item in decoded.items:
+            if isinstance(item, RecordRejected):
+                letters.append(self._dead_letter(decoded.raw_of(index), item, message, index))
+            else:
+                outputs.extend(
+                    self._process(processor, item, message, now, backlog, letters, decoded, index)
+                )
+        return outputs
+
+    def _process(
+        self,
+        processor: PartitionProcessor,
+        event: Event,
+        message: Any,
+        now: int,
+        backlog: Backlog,
+        letters: list[dict[str, Any]],
+        batch: Batch | None = None,
+        index: int | None = None,
+    ) -> list[Output]:
+        """One decoded event (of a batch record: the one at `index`) through the processor."""
+        try:
+            result = processor.process(event, message.topic, now, backlog)
+        except RecordRejected as rejection:
+            raw = _raw_of(message, batch, index)
+            letters.append(self._dead_letter(raw, rejection, message, index))
+            return []
+        except Exception as exc:  # a bug must cost one event, not the stream
+            letters.append(self._failed(exc, message, _raw_of(message, batch, index), index))
             return []
         self.metrics.count_event(event, result.verdict)
         return result.outputs
+
+    def _failed(
+        self, exc: Exception, message: Any, raw: bytes, index: int | None = None
+    ) -> dict[str, Any]:
+        """The dead letter of a record (or of the event at `index` of a batch record) whose
+        handling raised: logged with where it failed, and whose record (hashed), never the
+        error's text: that may quote the record, user id included."""
+        log.error(
+            "record %s/%d@%d%s of user %s failed; dead-lettered\n%s",
+            message.topic,
+            message.partition,
+            message.offset,
+            f" (event {index} of the batch)" if index is not None else "",
+            user_ref(message.key.decode(errors="replace"), self.user_key)
+            if message.key
+            else "(no key)",
+            traceback_without_text(exc),
+        )
+        failure = RecordRejected(
+            RejectReason.PROCESSING_ERROR, f"{type(exc).__name__} while processing the record"
+        )
+        return self._dead_letter(raw, failure, message, index)
 
     def _check_gap(self, message: Any, partition: int) -> None:
         """Count (and log) input records this worker was never handed: an offset past the next
@@ -387,11 +462,14 @@ class LiveJourneys:
 
         return backlog
 
-    def _dead_letter(self, raw: bytes, rejection: RecordRejected, message: Any) -> dict[str, Any]:
-        """The dead letter of a rejected record, as a message for the dead-letter topic."""
+    def _dead_letter(
+        self, raw: bytes, rejection: RecordRejected, message: Any, index: int | None = None
+    ) -> dict[str, Any]:
+        """The dead letter of a rejected record (or of the event at `index` of a batch record),
+        as a message for the dead-letter topic."""
         self.metrics.count_rejected(rejection.reason)
         source = KafkaSource(
-            topic=message.topic, partition=message.partition, offset=message.offset
+            topic=message.topic, partition=message.partition, offset=message.offset, index=index
         )
         letter = DeadLetter.from_rejection(raw, rejection, source)
         value = orjson.dumps(letter.model_dump(mode="json"))
