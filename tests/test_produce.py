@@ -7,11 +7,23 @@ from itertools import islice, pairwise
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkwatch.cli import main
-from linkwatch.codec import decode_event
+from linkwatch.codec import Batch, decode_event, decode_message
 from linkwatch.errors import RecordRejected
-from linkwatch.produce import MAX_CATCH_UP, MIN_SLEEP, Pacer, endless_traffic, route
+from linkwatch.events import MAX_RECORD_BYTES
+from linkwatch.produce import (
+    MAX_CATCH_UP,
+    MIN_SLEEP,
+    NDJSON_HEADERS,
+    Batcher,
+    Outgoing,
+    Pacer,
+    endless_traffic,
+    route,
+)
 from linkwatch.settings import INPUT_KINDS, Settings
 from linkwatch.simulate import generate
 
@@ -175,7 +187,9 @@ def test_simulate_needs_a_file_or_kafka(capsys: pytest.CaptureFixture[str]) -> N
     assert "not allowed with" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--rate", "5"], ["--forever"], ["--brokers", "h:1"]])
+@pytest.mark.parametrize(
+    "option", [["--rate", "5"], ["--forever"], ["--brokers", "h:1"], ["--batch", "10"]]
+)
 def test_kafka_options_need_to_kafka(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--out", "unused.jsonl", *option]) == 2
     assert "need --to-kafka" in capsys.readouterr().err
@@ -184,3 +198,107 @@ def test_kafka_options_need_to_kafka(option: list[str], capsys: pytest.CaptureFi
 def test_a_rate_must_be_positive_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--to-kafka", "--rate", "0"]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
+
+
+def test_a_batch_holds_at_least_one_event_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--to-kafka", "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+# -- batch records ------------------------------------------------------------------------------
+
+
+def batched(records: list[bytes], max_events: int, max_bytes: int = 1_000_000) -> list[Outgoing]:
+    batcher = Batcher(max_events, max_bytes)
+    out = [sent for record in records for sent in batcher.add(*route(record, SETTINGS), record)]
+    return out + batcher.flush()
+
+
+def click(user: str, eid: str) -> bytes:
+    return orjson.dumps(
+        {"kind": "click", "event_id": eid, "user_id": user, "ts": START_MS, "channel": "web"}
+        | {"link_id": "l", "url": "https://x.example/", "page": "product"}
+    )
+
+
+def test_consecutive_records_of_one_user_on_one_topic_share_a_batch_record() -> None:
+    share = orjson.dumps({"kind": "share", "user_id": "u1", "event_id": "s"})
+    records = [click("u1", "a"), click("u1", "b"), click("u1", "c"), share, click("u2", "d")]
+    records += [click("u1", "e"), click("u1", "f")]
+    out = batched(records, max_events=2)
+    assert [(o.topic, o.key, o.events, o.headers) for o in out] == [
+        ("c", b"u1", 2, NDJSON_HEADERS),
+        ("c", b"u1", 1, ()),  # the batch was full: c starts the next, which the share ends
+        ("s", b"u1", 1, ()),  # another topic
+        ("c", b"u2", 1, ()),  # another user
+        ("c", b"u1", 2, NDJSON_HEADERS),
+    ]
+    assert out[0].value == records[0] + b"\n" + records[1]
+    assert out[1].value == records[2]  # a batch of one is the record itself, no header
+
+
+def test_records_that_cannot_share_a_batch_go_alone_in_their_place() -> None:
+    pretty = orjson.dumps(orjson.loads(click("u1", "p")), option=orjson.OPT_INDENT_2)
+    huge = orjson.dumps(orjson.loads(click("u1", "h")) | {"pad": "x" * 70_000})
+    bad = b'{"kind": "click", "user_id": '
+    records = [click("u1", "a"), bad, click("u1", "b"), pretty, click("u1", "c"), huge]
+    records.append(click("u1", "d"))
+    out = batched(records, max_events=10)
+    assert [o.value for o in out] == records  # nothing grouped: each was kept apart
+    assert all(o.headers == () for o in out)
+
+
+def test_a_batch_record_stays_under_its_byte_limit() -> None:
+    records = [click("u1", f"e{i}") for i in range(10)]
+    limit = 3 * len(records[0]) + 2  # three lines and their two newlines
+    out = batched(records, max_events=100, max_bytes=limit)
+    assert [o.events for o in out] == [3, 3, 3, 1]
+    assert max(len(o.value) for o in out) == limit
+
+
+def test_a_batch_holds_at_least_one_event() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Batcher(0, 1_000_000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=MAX_RECORD_BYTES, max_value=200_000),
+    st.integers(min_value=0, max_value=2**16),
+)
+def test_the_worker_reads_batched_traffic_as_the_same_events_in_the_same_order(
+    max_events: int, max_bytes: int, seed: int
+) -> None:
+    """What the worker decodes from the batch records (`decode_message`, with each record's
+    topic, key and headers) is, topic by topic, what it decodes from the records sent alone:
+    the same events and the same rejections, in the same order."""
+    records = list(generate(users=30, seed=seed, start_ms=START_MS, bad_ratio=0.05))
+    kinds = {topic: kind for kind, topic in SETTINGS.input_topics.items()}
+
+    def decoded(outgoing: list[Outgoing]) -> dict[str, list[object]]:
+        by_topic: dict[str, list[object]] = {}
+        for out in outgoing:
+            seen = by_topic.setdefault(out.topic, [])
+            try:
+                value = decode_message(
+                    out.value, headers=out.headers, topic_kind=kinds[out.topic], key=out.key
+                )
+            except RecordRejected as rejection:
+                seen.append(rejection.reason)
+                continue
+            if isinstance(value, Batch):
+                assert len(value.items) == out.events
+                seen.extend(
+                    i.reason if isinstance(i, RecordRejected) else i for _, i in value.items
+                )
+            else:
+                seen.append(value)
+        return by_topic
+
+    out = batched(records, max_events, max_bytes)
+    assert sum(o.events for o in out) == len(records)
+    assert all(len(o.value) <= max_bytes and o.events <= max_events for o in out)
+    assert decoded(out) == decoded(batched(records, max_events=1))

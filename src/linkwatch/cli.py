@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --to-kafka: new populations (seed+1, seed+2, ...) until Ctrl-C",
     )
+    simulate.add_argument(
+        "--batch",
+        type=int,
+        help="with --to-kafka: up to N consecutive events of one user on one topic per Kafka "
+        "record (NDJSON, content-type application/x-ndjson; default 1: one event a record)",
+    )
     simulate.set_defaults(run=_run_simulate)
 
     tail = sub.add_parser("tail", help="print the records of a Kafka topic")
@@ -219,8 +225,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     if args.to_kafka:
         return _simulate_to_kafka(args)
-    if args.brokers or args.rate is not None or args.forever:
-        raise ConfigError("--brokers, --rate and --forever need --to-kafka")
+    if args.brokers or args.rate is not None or args.forever or args.batch is not None:
+        raise ConfigError("--brokers, --rate, --forever and --batch need --to-kafka")
     start = args.start if args.start is not None else int(time.time() * 1000)
     count = write_jsonl(
         Path(args.out),
@@ -241,6 +247,8 @@ def _simulate_to_kafka(args: argparse.Namespace) -> int:
 
     if args.rate is not None and not args.rate > 0:
         raise ConfigError(f"--rate must be > 0, not {args.rate}")
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch must be at least 1, not {args.batch}")
     settings = _settings(args.brokers)
     start = args.start if args.start is not None else int(time.time() * 1000)
     if args.forever:
@@ -259,7 +267,7 @@ def _simulate_to_kafka(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         await ensure_topics(settings, settings.input_topics.values(), settings.partitions)
-        await produce(settings, records, rate=args.rate, on_sent=count)
+        await produce(settings, records, rate=args.rate, on_sent=count, batch=args.batch or 1)
 
     try:
         asyncio.run(run())

@@ -1,4 +1,5 @@
-"""Producing LinkWatch records to Kafka: each kind to its input topic, keyed by `user_id`."""
+"""Producing LinkWatch records to Kafka: each kind to its input topic, keyed by `user_id`;
+optionally several events of one user a record (NDJSON batch records, see `Batcher`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from linkwatch.codec import decode_event
 from linkwatch.errors import RecordRejected
+from linkwatch.events import MAX_RECORD_BYTES
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
 
 MIN_SLEEP: Final = 0.005  # below this the pacer lets records run ahead rather than sleep
 MAX_CATCH_UP: Final = 1.0  # after a stall, at most this many seconds' worth go out in a burst
+NDJSON_HEADERS: Final = (("content-type", b"application/x-ndjson"),)
 
 
 def route(record: bytes, settings: Settings) -> tuple[str, bytes | None]:
@@ -37,6 +40,64 @@ def route(record: bytes, settings: Settings) -> tuple[str, bytes | None]:
             # orjson refuses lone surrogates, so every str it returns encodes.
             return topics[kind], user_id.encode() if isinstance(user_id, str) else None
     return settings.topic_click, None
+
+
+class Outgoing(NamedTuple):
+    """One Kafka record to send: a record as given, or a batch record of `events` of them."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    events: int
+
+
+class Batcher:
+    """Groups consecutive records of one user on one topic into NDJSON batch records of at
+    most `max_events` events and `max_bytes` bytes (content-type application/x-ndjson).
+
+    The order of the records on every topic partition stays exactly as given: a record joins
+    the batch being built only if it has the same topic and key, and a batch is sent before
+    any record that follows it. So the worker sees the same events in the same order, and
+    decides the same. A record that could not share a batch goes alone, as without batching:
+    one without a key (`route` could not tell its user), one holding a line break (JSON laid
+    out over several lines) and one over `MAX_RECORD_BYTES` (rejected alone, as before). A
+    batch of one is sent as the record itself, with no header."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        if max_events < 1:
+            raise ValueError(f"a batch holds at least one event, not {max_events}")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._route: tuple[str, bytes] | None = None  # topic and key of the batch being built
+        self._records: list[bytes] = []
+        self._size = 0  # of the batch being built, newlines included
+
+    def add(self, topic: str, key: bytes | None, record: bytes) -> list[Outgoing]:
+        """What to send now that `record` comes next (possibly nothing yet)."""
+        if key is None or b"\n" in record or len(record) > MAX_RECORD_BYTES:
+            return [*self.flush(), Outgoing(topic, key, record, (), 1)]
+        out: list[Outgoing] = []
+        joined = self._size + 1 + len(record)  # a newline before it
+        if self._route == (topic, key) and joined <= self.max_bytes:
+            self._records.append(record)
+            self._size = joined
+        else:
+            out = self.flush()
+            self._route, self._records, self._size = (topic, key), [record], len(record)
+        if len(self._records) >= self.max_events:
+            out += self.flush()
+        return out
+
+    def flush(self) -> list[Outgoing]:
+        """The batch being built, if any, to send now."""
+        if self._route is None:
+            return []
+        (topic, key), records = self._route, self._records
+        self._route, self._records, self._size = None, [], 0
+        if len(records) == 1:
+            return [Outgoing(topic, key, records[0], (), 1)]
+        return [Outgoing(topic, key, b"\n".join(records), NDJSON_HEADERS, len(records))]
 
 
 class Pacer:
@@ -73,33 +134,50 @@ async def produce(
     *,
     rate: float | None = None,
     on_sent: Callable[[int], None] | None = None,
+    batch: int = 1,
 ) -> int:
     """Send every record (see `route`), at `rate` records/s when given, else as fast as
     possible; return once all are acknowledged, with their count. `on_sent` is told the running
-    count after each record is handed to the producer. A delivery failure raises."""
+    count after each record is handed to the producer. A delivery failure raises.
+
+    With `batch` > 1, consecutive records of one user on one topic go out together, up to
+    `batch` a Kafka record and `settings.batch_record_max_bytes` (see `Batcher`); `rate` and
+    the counts are still of the records given. A record may then wait for the next one (at
+    most `batch` records at `rate`) to see whether it joins its batch."""
     pacer = Pacer(rate) if rate is not None else None
+    batcher = Batcher(batch, settings.batch_record_max_bytes)
     producer = AIOKafkaProducer(
         **settings.aiokafka_options(),
         client_id=f"{settings.app_id}-producer",
         acks="all",
         linger_ms=5,
         enable_idempotence=False,
+        # aiokafka's default (1 MiB) refuses a larger record; the broker may allow one.
+        max_request_size=max(1024 * 1024, settings.batch_record_max_bytes + 64 * 1024),
     )
     await producer.start()
     try:
         pending: deque[asyncio.Future[Any]] = deque()
         count = 0
+
+        async def send(outgoing: list[Outgoing]) -> None:
+            nonlocal count
+            for out in outgoing:
+                headers = list(out.headers) or None
+                sent = await producer.send(out.topic, out.value, key=out.key, headers=headers)
+                pending.append(sent)
+                count += out.events
+                if on_sent is not None:
+                    on_sent(count)
+
         async for record in _each(records):
             if pacer is not None:
                 await pacer.wait()
-            topic, key = route(record, settings)
-            pending.append(await producer.send(topic, record, key=key))
-            count += 1
-            if on_sent is not None:
-                on_sent(count)
+            await send(batcher.add(*route(record, settings), record))
             # Check deliveries as they land, so a failure surfaces early and memory stays flat.
             while pending and pending[0].done():
                 pending.popleft().result()
+        await send(batcher.flush())
         await producer.flush()
         for delivery in pending:
             await delivery
