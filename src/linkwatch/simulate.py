@@ -961,7 +961,8 @@ def _corrupt(rng: random.Random, how: str, ts: int, record: Record) -> bytes:
     elif how == "negative_amount":  # `record` is a purchase for this one
         bad["amount"] = rng.choice(("-129.00", "-0.01", -59.9, -1))
     elif how == "not_an_object":
-        return orjson.dumps(rng.choice(([bad], 42, "click", None, [])))
+        # No array: one without a content-type header is a batch record (README), not a mistake.
+        return orjson.dumps(rng.choice((42, "click", None, True, -1.5)))
     elif how == "ts_without_offset":
         bad["ts"] = (EPOCH + timedelta(milliseconds=ts)).strftime("%Y-%m-%dT%H:%M:%S")
     elif how == "ts_in_seconds":
