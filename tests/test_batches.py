@@ -4,10 +4,14 @@ first byte), the bounds on a batch, and each event checked on its own with its p
 
 from __future__ import annotations
 
+from collections import Counter
+from functools import cache
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from linkwatch.codec import (
     Batch,
@@ -18,9 +22,17 @@ from linkwatch.codec import (
     decode_message,
     decode_record,
 )
+from linkwatch.engine import JourneyEngine
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import MAX_RECORD_BYTES, Event
-from tests.builders import raw
+from linkwatch.journeys import load_journeys
+from linkwatch.partition import PartitionProcessor
+from linkwatch.produce import route
+from linkwatch.replay import replay_lines
+from linkwatch.settings import Settings
+from linkwatch.simulate import generate
+from linkwatch.triggers import Resolution, TopicRecord, Trigger
+from tests.builders import T0, raw
 
 NDJSON = [("content-type", b"application/x-ndjson")]
 JSON = [("content-type", b"application/json")]
@@ -303,3 +315,108 @@ def test_an_element_nested_too_deep_to_write_again_keeps_the_whole_record() -> N
     batch = batch_of(value)
     assert outcomes(batch) == [(0, "a"), (1, "not_an_object")]
     assert batch.raw_of(1) == value
+
+
+# -- determinism: batches are just several events -----------------------------------------------
+
+JOURNEYS = load_journeys()
+KIND_OF_TOPIC = {topic: kind for kind, topic in Settings().input_topics.items()}
+FORMS = ("array", "array, json header", "ndjson", "ndjson, no header")
+
+
+@cache
+def traffic(window: int) -> tuple[list[bytes], list[TopicRecord], Counter[RejectReason]]:
+    """Simulated traffic (with bad records), each `window` records regrouped by topic and user
+    (a stable sort: one user's events stay in order) so that runs a batch can take form; and
+    what replay, the oracle, makes of it as one record a line: triggers and rejections."""
+    records = list(generate(users=120, seed=4, start_ms=T0, bad_ratio=0.03))
+    settings = Settings()
+    clumped = []
+    for start in range(0, len(records), window):
+        chunk = records[start : start + window]
+        routes = [route(record, settings) for record in chunk]
+        order = sorted(range(len(chunk)), key=lambda i: (routes[i][0], routes[i][1] or b""))
+        clumped.extend(chunk[i] for i in order)
+    triggers: list[TopicRecord] = []
+    report = replay_lines(clumped, JOURNEYS, on_trigger=triggers.append, close_open=True).report
+    return clumped, triggers, report.rejected
+
+
+def encoded(events: list[bytes], form: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    if form.startswith("array"):
+        headers = [("content-type", b"application/json")] if "header" in form else []
+        return b"[" + b",".join(events) + b"]", headers
+    if form == "ndjson":
+        return b"\n".join(events) + b"\n", [("content-type", b"application/x-ndjson")]
+    return b"\n".join(events), []  # sniffed: its first line is an object
+
+
+# No shrinking: an example is a whole stream, and shrinking one draw per batch takes minutes;
+# a failure shows the batches it drew.
+@settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.generate])
+@given(st.sampled_from([1, 8, 64]), st.data())
+def test_batches_of_any_sizes_give_the_triggers_of_one_event_a_record(
+    window: int, data: st.DataObject
+) -> None:
+    """Cut a stream into batch records anywhere a run of one user's events on one topic allows,
+    each in any form: the worker's decoding and the engine give exactly replay's triggers (same
+    ids, same order) and rejections."""
+    records, expected, rejected_by_replay = traffic(window)
+    settings = Settings()
+    # Records as the worker would get them: (topic, key, value, headers), batched at random.
+    sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+    run: list[bytes] = []
+
+    def close_run(topic: str, key: bytes | None) -> None:
+        while run:
+            size = data.draw(st.integers(1, len(run)), label="batch size")
+            events, run[:] = run[:size], run[size:]
+            form = data.draw(st.sampled_from(FORMS if size > 1 else (*FORMS, "alone")))
+            if form == "alone":  # a record of its own, as before batches
+                sent.append((topic, key, events[0], []))
+            else:
+                sent.append((topic, key, *encoded(events, form)))
+
+    previous: tuple[str, bytes | None] | None = None
+    for record in records:
+        topic, key = route(record, settings)
+        if (topic, key) != previous or key is None:
+            if previous is not None:
+                close_run(*previous)
+            previous = (topic, key)
+        if key is None:  # its user unknown: it goes alone, as a producer would send it
+            sent.append((topic, key, record, []))
+            previous = None
+        else:
+            run.append(record)
+    if previous is not None:
+        close_run(*previous)
+
+    processor = PartitionProcessor(JourneyEngine(JOURNEYS))
+    triggers: list[TopicRecord] = []
+    rejected: Counter[RejectReason] = Counter()
+    for topic, key, value, headers in sent:
+        try:
+            decoded = decode_message(
+                value, headers=headers, topic_kind=KIND_OF_TOPIC[topic], key=key
+            )
+        except RecordRejected as rejection:
+            rejected[rejection.reason] += 1
+            continue
+        items = decoded.items if isinstance(decoded, Batch) else [(0, decoded)]
+        for _, item in items:
+            if isinstance(item, RecordRejected):
+                rejected[item.reason] += 1
+                continue
+            try:
+                outputs = processor.process(item).outputs
+            except RecordRejected as rejection:
+                rejected[rejection.reason] += 1
+                continue
+            triggers.extend(o for o in outputs if isinstance(o, Trigger | Resolution))
+    triggers.extend(
+        o for o in processor.flush(close_open=True) if isinstance(o, Trigger | Resolution)
+    )
+    assert expected  # not vacuous: the traffic has drop-offs, dead ends, resolutions
+    assert triggers == expected
+    assert rejected == rejected_by_replay
