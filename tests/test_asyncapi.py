@@ -193,6 +193,7 @@ MESSAGE = obj(
     summary=TEXT,
     description=TEXT,
     contentType=TEXT,
+    headers={"type": "object"},
     payload=REF,
     correlationId=obj(["location"], location={"pattern": r"^\$message\.(header|payload)(#.*)?$"}),
     bindings={"type": "object", "properties": {"kafka": KAFKA_MESSAGE}},

@@ -85,15 +85,39 @@ def _topic(name: str) -> str:
     return default
 
 
+# The Kafka headers an input record may carry (README, "Batch records").
+_INPUT_HEADERS: Final = {
+    "type": "object",
+    "properties": {
+        "content-type": {
+            "type": "string",
+            "description": (
+                "Optional. application/json: one event, or a JSON array of events (a value "
+                "starting with `[`); application/x-ndjson (or application/ndjson, "
+                "application/jsonl, application/x-jsonlines): one event a line. A charset "
+                "parameter must be UTF-8. Without the header, a value starting with `[` is an "
+                "array, anything else one event, or NDJSON when it fails as one JSON document "
+                "while its first line is an object on its own. Any other type is dead-lettered "
+                "whole (unsupported_content_type)."
+            ),
+            "examples": ["application/json", "application/x-ndjson"],
+        }
+    },
+}
+
+
 def _input(kind: str) -> Channel:
     return Channel(
         title=f"{kind} events",
         description=(
-            f"Input: {kind} events, one JSON object (UTF-8, at most 64 KiB) per record, keyed "
-            "by user_id. The four input topics must have the same number of partitions. "
-            "Unknown top-level fields are accepted and ignored. A record that fails "
-            f"validation, whose key is not its user_id or whose kind is not `{kind}` becomes "
-            f"a dead letter on {_topic('dlq')}."
+            f"Input: {kind} events, keyed by user_id: one JSON object (UTF-8, at most 64 KiB) "
+            "per record, or a batch record of one user's events (a JSON array, or NDJSON; see "
+            "the content-type header) of at most LINKWATCH_BATCH_RECORD_MAX_BYTES and "
+            "LINKWATCH_BATCH_RECORD_MAX_EVENTS. The four input topics must have the same "
+            "number of partitions. Unknown top-level fields are accepted and ignored. A record "
+            "that fails validation, whose key is not its user_id or whose kind is not "
+            f"`{kind}` becomes a dead letter on {_topic('dlq')}; so does each such event of a "
+            "batch record, alone, with its index in the record."
         ),
         messages=(kind,),
         action="receive",
@@ -153,7 +177,9 @@ CHANNELS: Final[dict[str, Channel]] = {
 INFO_DESCRIPTION: Final = """\
 LinkWatch reads click, share, purchase and group-chat events and publishes re-engagement
 triggers, their resolutions, dead letters, health alerts and profile updates: one JSON object
-(UTF-8) per Kafka record. Each payload's JSON Schema is the file next to this document.
+(UTF-8) per Kafka record (an input record may also carry a batch of one user's events: see
+the content-type header of the input messages). Each payload's JSON Schema is the file next to
+this document.
 
 Delivery is at least once. A crash or a rebalance can publish a record again, always with the
 same id, and never loses one. Every output's id is derived from its inputs, so a replay of the
@@ -250,6 +276,8 @@ def _message(stem: str, model: type[BaseModel], mode: str) -> dict[str, Any]:
         ),
         "payload": {"$ref": f"./{stem}.schema.json"},
     }
+    if mode == "validation":  # an input: it may be a batch record, told by its content-type
+        message["headers"] = _INPUT_HEADERS
     if stem in ("trigger", "resolution"):  # a resolution names the trigger it resolves
         message["correlationId"] = {"location": "$message.payload#/trigger_id"}
     kafka = {"key": dict(spec.key), "bindingVersion": KAFKA_BINDING_VERSION}
