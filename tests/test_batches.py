@@ -122,6 +122,11 @@ def test_the_last_content_type_header_counts() -> None:
     assert content_type_of([("content-length", b"1")]) is None
 
 
+def test_a_content_type_header_without_a_value_is_not_one_the_worker_reads() -> None:
+    headers = [("content-type", None)]  # Kafka allows a header with a null value
+    assert rejected(A, headers).reason is RejectReason.UNSUPPORTED_CONTENT_TYPE
+
+
 @pytest.mark.parametrize(
     "content_type",
     [

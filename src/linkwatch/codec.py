@@ -16,6 +16,7 @@ position in the batch, and the others go on.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,13 +39,14 @@ JSON_TYPE: Final = "application/json"  # one event, or a JSON array of events
 NDJSON_TYPES: Final = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 )
-_JSON_WHITESPACE: Final = b" \t\r\n"
+_JSON_WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
+_NOT_BLANK: Final = re.compile(rb"[^ \t\r\n\x0b\x0c]")  # what bytes.isspace() is not
 # A record without a content-type that fails as one JSON document may be NDJSON (see `_sniffed`).
 _NOT_ONE_DOCUMENT: Final = frozenset(
     {RejectReason.TOO_LARGE, RejectReason.INVALID_JSON, RejectReason.INVALID_UTF8}
 )
 
-Headers = Sequence[tuple[str | bytes, bytes]] | Mapping[str, bytes]
+Headers = Sequence[tuple[str | bytes, bytes | None]] | Mapping[str, bytes | None]
 """A Kafka record's headers as aiokafka and Faust hand them over: (name, value) pairs."""
 
 
@@ -150,7 +152,8 @@ def decode_message(
     media = content_type_of(headers) if headers else None
     first = value[:1]
     if first in (b" ", b"\t", b"\r", b"\n"):
-        first = value.lstrip(_JSON_WHITESPACE)[:1]
+        start = _after_whitespace(value)
+        first = value[start : start + 1]
     if media is None or media == JSON_TYPE:
         if first == b"[":
             return _array(value, topic_kind, key, topic, limits)
@@ -165,16 +168,17 @@ def content_type_of(headers: Headers) -> str | None:
     last one counts), lower case, without parameters; None without one. Raises `RecordRejected`
     (`unsupported_content_type`) for a type other than JSON or NDJSON, or a charset other
     than UTF-8."""
-    found: bytes | None = None
+    found: list[bytes | None] = []
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     for name, data in pairs:
         text = name.decode("latin-1") if isinstance(name, bytes) else name
         if text.lower() == "content-type":
-            found = data
-    if found is None:
+            found.append(data)
+    if not found:
         return None
+    value = bytes(found[-1] or b"")  # Kafka allows a header without a value: none we read
     try:
-        media, _, parameters = bytes(found).decode("ascii").partition(";")
+        media, _, parameters = value.decode("ascii").partition(";")
     except UnicodeDecodeError:
         media, parameters = "(not ASCII)", ""
     media = media.strip().lower()
@@ -182,7 +186,7 @@ def content_type_of(headers: Headers) -> str | None:
         return media
     raise RecordRejected(
         RejectReason.UNSUPPORTED_CONTENT_TYPE,
-        f"content-type {_preview(bytes(found))} is not one LinkWatch reads: {JSON_TYPE} (one "
+        f"content-type {_preview(value)} is not one LinkWatch reads: {JSON_TYPE} (one "
         "event, or an array of events) or application/x-ndjson (one event a line), UTF-8",
     )
 
@@ -215,10 +219,16 @@ def _sniffed(
     return _ndjson(value, topic_kind, key, topic, limits)
 
 
+def _after_whitespace(value: bytes) -> int:
+    """Where the value starts, past leading JSON whitespace (found without a copy)."""
+    match = _JSON_WHITESPACE.match(value)
+    return match.end() if match else 0
+
+
 def _starts_ndjson(value: bytes) -> bool:
-    start = len(value) - len(value.lstrip(_JSON_WHITESPACE))
+    start = _after_whitespace(value)
     end = value.find(b"\n", start)
-    if end < 0 or end - start > MAX_RECORD_BYTES or value[end:].isspace():
+    if end < 0 or end - start > MAX_RECORD_BYTES or not _NOT_BLANK.search(value, end):
         return False
     try:
         return isinstance(orjson.loads(value[start:end]), dict)
