@@ -305,7 +305,7 @@ def _check_batch_count(count: int, limits: BatchLimits, what: str) -> None:
 def _check_element_size(element: Any) -> None:
     try:
         size = len(orjson.dumps(element))
-    except orjson.JSONEncodeError:  # nested too deep to write; validation will refuse it
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: left to validation
         return
     if size > MAX_RECORD_BYTES:
         raise RecordRejected(
