@@ -79,7 +79,7 @@ from aiokafka import (
     TopicPartition,
 )
 
-from linkwatch.broker import EmbeddedBroker
+from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.datasets import amplify, rees46_events
 from linkwatch.journeys import load_journeys, parse_duration
 from linkwatch.produce import produce, route
@@ -97,7 +97,6 @@ RESULTS = ROOT / "bench" / "results" / "service.json"
 NOOP_FAUST = Path(__file__).with_name("noop_faust.py")
 
 PARTITIONS = 4
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCRAPE_INTERVAL = 0.25  # seconds between /metrics scrapes of the worker
 POLL_INTERVAL = 0.05  # seconds between checks for a helper's progress marks
 READY_TIMEOUT = 90.0  # seconds for a worker to be assigned its partitions
@@ -114,18 +113,6 @@ class BenchError(Exception):
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a live process (all its threads), from /proc."""
-    if pid is None:
-        return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_peak_rss_mb(pid: int | None) -> float | None:
@@ -369,13 +356,13 @@ def run_helper(
     first: dict[str, Any] | None = None
     while True:
         if first is None and (out / "first.json").exists():
-            broker_first = proc_cpu_s(broker_pid)
+            broker_first = process_cpu_seconds(broker_pid)
             first = orjson.loads((out / "first.json").read_bytes())
             first["mono"] = time.monotonic()
         if (out / "done.json").exists():
             done = orjson.loads((out / "done.json").read_bytes())
-            broker_done = proc_cpu_s(broker_pid)
-            cpu_total, peak = proc_cpu_s(child.pid), proc_peak_rss_mb(child.pid)
+            broker_done = process_cpu_seconds(broker_pid)
+            cpu_total, peak = process_cpu_seconds(child.pid), proc_peak_rss_mb(child.pid)
             break
         if not child.alive:
             raise child.failure("exited before consuming everything")
@@ -438,7 +425,7 @@ def run_worker_throughput(
             raise child.failure("exited before consuming everything")
         if samples is not None:
             count = total(samples, *RECORDS)
-            cpu, broker_cpu = proc_cpu_s(child.pid), proc_cpu_s(broker_pid)
+            cpu, broker_cpu = process_cpu_seconds(child.pid), process_cpu_seconds(broker_pid)
             if count == 0:
                 before = (at, cpu, broker_cpu)
             elif first is None:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import time
 from collections import namedtuple
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -202,21 +203,29 @@ async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
     ]
 
 
+def break_processing(
+    journeys: LiveJourneys, monkeypatch: pytest.MonkeyPatch, broken: Callable[[Any], bool]
+) -> None:
+    """Partition 0's processor raises (a bug) on the events `broken` picks; the error's text
+    names the user, as a careless one would."""
+    processor = journeys.processor(0, 0)
+    real = processor.process
+
+    def broken_processing(event: Any, *args: Any) -> Any:
+        if broken(event):
+            raise ZeroDivisionError(f"a bug about {event.user_id}")
+        return real(event, *args)
+
+    monkeypatch.setattr(processor, "process", broken_processing)
+
+
 async def test_an_unexpected_error_costs_one_record_not_the_stream(
     live: tuple[LiveJourneys, Log],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     journeys, _ = live
-    processor = journeys.processor(0, 0)
-    real = processor.process
-
-    def broken_for_u2(event: Any, *args: Any) -> Any:
-        if event.user_id == "user-two":
-            raise ZeroDivisionError(f"a bug about {event.user_id}")
-        return real(event, *args)
-
-    monkeypatch.setattr(processor, "process", broken_for_u2)
+    break_processing(journeys, monkeypatch, lambda event: event.user_id == "user-two")
     bad = raw(user_id="user-two", page="cart")
     await journeys.on_event(message("events.click", 1, b"user-two", bad))
     await journeys.on_event(message("events.click", 2, b"u1", raw(event_id="b", page="cart")))
@@ -227,7 +236,7 @@ async def test_an_unexpected_error_costs_one_record_not_the_stream(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "linkwatch.service"]
     assert "events.click/0@1" in line
     assert "ZeroDivisionError" in line
-    assert "broken_for_u2" in line  # the stack is there
+    assert "broken_processing" in line  # the stack is there
     assert user_ref("user-two", user_ref_key(journeys.settings)) in line
     assert "user-two" not in line
 
@@ -446,15 +455,7 @@ async def test_an_unexpected_error_costs_one_event_of_a_batch_record(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     journeys, _ = live
-    processor = journeys.processor(0, 0)
-    real = processor.process
-
-    def broken_for_b(event: Any, *args: Any) -> Any:
-        if event.event_id == "b":
-            raise ZeroDivisionError(f"a bug about {event.user_id}")
-        return real(event, *args)
-
-    monkeypatch.setattr(processor, "process", broken_for_b)
+    break_processing(journeys, monkeypatch, lambda event: event.event_id == "b")
     lines = [
         raw(event_id=e, user_id="user-one", ts=at(i), page="cart") for i, e in enumerate("abc")
     ]

@@ -331,6 +331,19 @@ async def wait_closed(writer: asyncio.StreamWriter, timeout: float = 5.0) -> Non
         writer.transport.abort()
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a live process (all its threads) has used, from /proc; None
+    without one. For the tests and benchmarks that put the broker's CPU beside the worker's."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A port the kernel considers free right now (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -45,6 +45,8 @@ _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n\x0b\x0c]")  # what bytes.isspace() i
 _NOT_ONE_DOCUMENT: Final = frozenset(
     {RejectReason.TOO_LARGE, RejectReason.INVALID_JSON, RejectReason.INVALID_UTF8}
 )
+
+Part = TypeVar("Part")  # of a batch record: an array element or an NDJSON line
 
 Headers = Sequence[tuple[str | bytes, bytes | None]] | Mapping[str, bytes | None]
 """A Kafka record's headers as aiokafka and Faust hand them over: (name, value) pairs."""
@@ -248,16 +250,13 @@ def _array(
     # An element is bounded like a record of its own. Measured compactly (its own bytes are
     # not known once parsed), and only when the whole record could hold one too large.
     measure = len(value) > MAX_RECORD_BYTES
-    items: list[tuple[int, Event | RecordRejected]] = []
-    for index, element in enumerate(elements):
-        try:
-            if measure:
-                _check_element_size(element)
-            event = _on_its_topic(validate_event(element), topic_kind, key, topic, batch=True)
-        except RecordRejected as rejection:
-            items.append((index, rejection))
-        else:
-            items.append((index, event))
+
+    def decode(element: Any) -> Event:
+        if measure:
+            _check_element_size(element)
+        return validate_event(element)
+
+    items = _batch_items(enumerate(elements), decode, topic_kind, key, topic)
     return Batch("array", items, elements, value)
 
 
@@ -273,15 +272,28 @@ def _ndjson(
         if (stripped := line.rstrip(b"\r")) and not stripped.isspace()
     ]
     _check_batch_count(len(present), limits, "non-blank lines")
+    items = _batch_items(present, decode_event, topic_kind, key, topic)
+    return Batch("ndjson", items, lines, value)
+
+
+def _batch_items(
+    parts: Iterable[tuple[int, Part]],
+    decode: Callable[[Part], Event],
+    topic_kind: str | None,
+    key: bytes | None,
+    topic: str,
+) -> list[tuple[int, Event | RecordRejected]]:
+    """Each part of a batch (index, element or line) decoded and checked as a record of its
+    own, or its rejection: one bad event never rejects the others."""
     items: list[tuple[int, Event | RecordRejected]] = []
-    for index, line in present:
+    for index, part in parts:
         try:
-            event = _on_its_topic(decode_event(line), topic_kind, key, topic, batch=True)
+            event = _on_its_topic(decode(part), topic_kind, key, topic, batch=True)
         except RecordRejected as rejection:
             items.append((index, rejection))
         else:
             items.append((index, event))
-    return Batch("ndjson", items, lines, value)
+    return items
 
 
 def _check_batch_size(value: bytes, limits: BatchLimits) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from linkwatch.broker import EmbeddedBroker
+from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.produce import endless_traffic, produce
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
@@ -32,7 +32,6 @@ from tests.integration.workers import (
     FAST,
     START,
     WorkerProcess,
-    cpu_seconds,
     prepare,
     run,
     sum_metric,
@@ -268,7 +267,7 @@ def test_a_soak_at_half_the_maximum_rate_keeps_memory_lag_and_state_bounded(
         sender = threading.Thread(target=send, daemon=True)
         samples: list[Sample] = []
         start = time.monotonic()
-        cpu_before = (start, worker.cpu_seconds(), cpu_seconds(broker.pid))
+        cpu_before = (start, worker.cpu_seconds(), process_cpu_seconds(broker.pid) or 0.0)
         sender.start()
         while sender.is_alive():
             try:
@@ -278,7 +277,7 @@ def test_a_soak_at_half_the_maximum_rate_keeps_memory_lag_and_state_bounded(
             now, worker_cpu, broker_cpu = (
                 time.monotonic(),
                 worker.cpu_seconds(),
-                cpu_seconds(broker.pid),
+                process_cpu_seconds(broker.pid) or 0.0,
             )
             elapsed = now - cpu_before[0]
             samples.append(

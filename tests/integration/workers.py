@@ -17,22 +17,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from linkwatch.broker import free_port
+from linkwatch.broker import free_port, process_cpu_seconds
 from linkwatch.settings import Settings
 from linkwatch.topics import ensure_topics
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc; 0 once gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
 
 START = 1_732_233_600_000  # 2024-11-22: historic, so idle advancement closes everything
 # Short timers, so tests end soon after their input does.
@@ -99,9 +86,9 @@ class WorkerProcess:
         return kib / 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the worker process has used so far."""
+        """User + system CPU time the worker process has used so far (0 once it is gone)."""
         assert self.process is not None
-        return cpu_seconds(self.process.pid)
+        return process_cpu_seconds(self.process.pid) or 0.0
 
     def get(self, path: str, quiet: bool = False) -> int:
         try:
