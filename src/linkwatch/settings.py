@@ -159,6 +159,10 @@ class Settings(BaseSettings):
         "has not finished before that partition is sought again",
     )
     shutdown_timeout: float = Field(default=10.0, gt=0, description="Bound on SIGTERM shutdown")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The worker's event loop: uvloop (libuv; cheaper per record) or asyncio's",
+    )
 
     @field_validator("idle_timeout", "tick_interval", "allowed_lateness")
     @classmethod

@@ -73,6 +73,10 @@ def _exit_after(seconds: float) -> None:
 def run_worker(settings: Settings) -> NoReturn:
     handler = log_handler(settings.log_format)
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     partitions = asyncio.run(prepare_topics(settings))
     if partitions != settings.partitions:
         log.info("input topics have %d partitions; using that", partitions)
