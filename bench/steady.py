@@ -61,11 +61,13 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("consumer: stream, acks", ("_passive_drainer", "Stream.")),
     ("offset commits", ("Consumer.commit", "_commit")),
     ("timers, web, metrics", ("Timer", "aiohttp", "prometheus_client", "send_ticks")),
-    ("event loop idle", ("select (selectors",)),
+    ("event loop (asyncio's)", ("select (selectors", "_run_once")),
 ]
 
 
 def stage_of(stack: str) -> str:
+    if stack.rpartition(";")[2].startswith("Worker.execute_from_commandline"):
+        return "event loop (uvloop's, in C)"  # nothing in Python runs: idle, or I/O
     for stage, frames in STAGES:
         if any(frame in stack for frame in frames):
             return stage
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--no-profile", action="store_true", help="measure without py-spy")
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lw-bench-steady-"))
     starts = itertools.count(SOAK_START, 30 * DAY_MS)
@@ -125,7 +128,7 @@ def main() -> None:
     total = int(args.rate * args.seconds)
     with EmbeddedBroker(log_dir=work) as broker:
         settings = Settings(brokers=broker.url).namespaced("steady", data_dir=work / "state")
-        settings = settings.model_copy(update=FAST)
+        settings = settings.model_copy(update=FAST | {"event_loop": args.event_loop})
         asyncio.run(prepare(settings))
         with WorkerProcess(settings, work) as worker:
             assert worker.process is not None
@@ -170,7 +173,10 @@ def main() -> None:
             produced = {topic: asyncio.run(records_in(settings, topic)) for topic in topics}
     rate = (handled1 - handled0) / (t1 - t0)
     cpu = (cpu1 - cpu0) / (t1 - t0)
-    print(f"input {args.rate:.0f} records/s for {args.seconds:.0f} s ({total:,} records)")
+    print(
+        f"input {args.rate:.0f} records/s for {args.seconds:.0f} s ({total:,} records); "
+        f"{args.event_loop} event loop"
+    )
     print(
         f"over {t1 - t0:.0f} s after {args.warmup:.0f} s of warm-up: handled {rate:.0f}/s, "
         f"worker CPU {cpu:.0%}, {cpu * 1000 / max(rate, 1e-9):.2f} CPU ms per record, "
