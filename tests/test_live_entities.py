@@ -11,13 +11,24 @@ from typing import Any
 
 import orjson
 
-from linkwatch.entities import EntityRecord, EntityStage, Offered, dump_record
+from linkwatch.entities import (
+    EntityRecord,
+    EntityStage,
+    Offered,
+    dump_record,
+    dump_signal,
+    load_signal,
+)
 from linkwatch.live_entities import (
+    PACKED_MAX_BYTES,
     WAITING_PREFIX,
     LiveEntities,
     mark_message,
+    pack_signals,
     signal_message,
+    waiting_key,
 )
+from linkwatch.signals import Signal
 from linkwatch.store import progress_key
 from tests.test_entities import HOUR, TallyLogic, TotalLogic, tally
 from tests.test_service import RecordingTable
@@ -35,8 +46,10 @@ class Event:
 def recording_send(log: Log) -> Any:
     async def send(**message: Any) -> asyncio.Future[None]:
         data = orjson.loads(message["value"])
-        what = "mark sent" if isinstance(data, dict) else "signal delivered"
-        log.append((what, data))
+        if isinstance(data, dict) and "signals" in data:  # packed: one entry per signal
+            log.extend(("signal delivered", signal) for signal in data["signals"])
+        else:
+            log.append(("mark sent" if isinstance(data, dict) else "signal delivered", data))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -54,6 +67,7 @@ def live(log: Log) -> LiveEntities:
         send_health=recording_send(log),
         send_profile=recording_send(log),
         on_measures=lambda measures: log.append(("measures", len(measures))),
+        partition_of=lambda entity: 0,
     )
 
 
@@ -101,22 +115,94 @@ def writes_of(log: Log, key: bytes) -> int:
     return sum(1 for what, written in log if what == "record written" and written == key)
 
 
+def waiting_keys(table: Any) -> list[bytes]:
+    return [key for key in table if key.startswith(WAITING_PREFIX.encode())]
+
+
 async def test_a_busy_entity_costs_each_waiting_signal_its_own_bytes_once() -> None:
-    """Signals wait for the watermark: each is written once under its own key, the record's
-    state only when it changes, and once applied the signals' keys are deleted."""
+    """Signals wait for the watermark: those of one batch are written once, together under one
+    key, the record's state only when it changes, and once applied their key is deleted."""
     log: Log = []
     entities = live(log)
     for batch in range(10):
         hits = [signal_message(tally("a", 10 + 10 * batch + n, n)) for n in range(10)]
         await entities.on_batch([Event(0, 10 * batch + n, v) for n, v in enumerate(hits)])
     record = b"2|tally:a"
-    waiting = [key for key in entities.records if key.startswith(WAITING_PREFIX.encode())]
-    assert len(waiting) == 100
+    waiting = waiting_keys(entities.records)
+    assert len(waiting) == 10  # one per batch
     assert all(writes_of(log, key) == 1 for key in waiting)
+    assert sum(len(orjson.loads(entities.records[key])[1]) for key in waiting) == 100
     assert writes_of(log, record) == 1  # its state did not change while signals waited
     await entities.on_batch([Event(0, 100, mark_message(2, 0, HOUR + 1))])
-    assert not [key for key in entities.records if key.startswith(WAITING_PREFIX.encode())]
+    assert not waiting_keys(entities.records)
     assert writes_of(log, record) == 2  # the hour closed: a new state
+    # Deleted only after the record their signals were applied to.
+    last_write = max(n for n, entry in enumerate(log) if entry == ("record written", record))
+    assert all(log.index(("record deleted", key)) > last_write for key in waiting)
+
+
+async def test_a_record_recovered_without_the_progress_after_it_applies_no_signal_twice() -> None:
+    """A restart may recover part of a flush: a record written with a signal applied, but not
+    the partition's progress written after it. The key that holds the signal, with another
+    still waiting, is there too: the record's own watermark says the first was applied."""
+    entities = live([])
+    first, second = tally("a", 10, 1), tally("a", 20, 2)
+    await entities.on_batch(
+        [Event(0, 0, signal_message(first)), Event(0, 1, signal_message(second))]
+    )
+    before = dict(entities.records)
+    await entities.on_batch([Event(0, 2, mark_message(2, 0, 15))])  # applies the first only
+    cut = before | {b"2|tally:a": entities.records[b"2|tally:a"]}
+    assert cut.get(progress_key(0)) != entities.records[progress_key(0)]
+    recovered = live([])
+    recovered.records.update(cut)
+    record = recovered.stage(0).store["2|tally:a"]
+    assert record.pending == (second,)
+    assert record == entities.stores[0]["2|tally:a"]
+
+
+async def test_a_record_deleted_in_a_flush_cut_short_is_not_brought_back_by_its_signals() -> None:
+    entities = live([])
+    # tally:a's signal is applied and the tally forgotten; tally:b's keeps the key alive.
+    await entities.on_batch(
+        [
+            Event(0, 0, signal_message(tally("a", 10, 1))),
+            Event(0, 1, signal_message(tally("b", 10 * HOUR, 2))),
+        ]
+    )
+    before = dict(entities.records)
+    await entities.on_batch([Event(0, 2, mark_message(2, 0, 3 * HOUR + 1))])
+    assert "2|tally:a" not in entities.stores[0]
+    cut = before | {b"2|tally:a": entities.records[b"2|tally:a"]}  # without the progress
+    recovered = live([])
+    recovered.records.update(cut)
+    assert "2|tally:a" not in recovered.stage(0).store
+    assert recovered.stage(0).store["2|tally:b"].pending == (tally("b", 10 * HOUR, 2),)
+    # Once that progress is durable (the next flush), the deleted record's key goes.
+    await entities.on_batch([Event(0, 3, signal_message(tally("b", 10 * HOUR + 5, 3)))])
+    assert b"2|tally:a" not in entities.records
+
+
+async def test_signals_an_older_version_wrote_one_per_key_move_into_one_key() -> None:
+    log: Log = []
+    entities = live(log)
+    old = [tally("c", 10, 1), tally("c", 11, 2)]
+    for sig in old:
+        key = waiting_key("2|tally:c", sig.signal_id).encode()
+        entities.records[key] = orjson.dumps([0, "2|tally:c", dump_signal(sig)])
+    entities.records[b"2|tally:c"] = orjson.dumps([0, [None, []]])
+    await entities.on_batch([Event(0, 0, signal_message(tally("c", 12, 3)))])
+    (packed,) = waiting_keys(entities.records)
+    assert len(orjson.loads(entities.records[packed])[1]) == 3
+    written = log.index(("record written", packed))
+    assert all(log.index(("record deleted", key)) > written for key in old_keys(old))
+    again = live([])
+    again.records.update(entities.records)
+    assert again.stage(0).store["2|tally:c"].pending == (*old, tally("c", 12, 3))
+
+
+def old_keys(signals: list[Signal]) -> list[bytes]:
+    return [waiting_key("2|tally:c", sig.signal_id).encode() for sig in signals]
 
 
 async def test_a_recovered_stage_holds_the_same_records_and_signals() -> None:
@@ -144,9 +230,43 @@ async def test_a_record_written_with_its_signals_inside_moves_them_out() -> None
     recovered = live([])
     recovered.records.update(entities.records)
     await recovered.on_batch([Event(0, 0, signal_message(tally("c", 12, 3)))])
-    waiting = [key for key in recovered.records if key.startswith(WAITING_PREFIX.encode())]
-    assert len(waiting) == 3
+    (packed,) = waiting_keys(recovered.records)
+    assert len(orjson.loads(recovered.records[packed])[1]) == 3
     assert orjson.loads(recovered.records[b"2|tally:c"]) == [0, [None, []]]
     again = live([])
     again.records.update(recovered.records)
     assert len(again.stage(0).store["2|tally:c"].pending) == 3
+
+
+def signal_partition(entity: str) -> int:
+    return sum(entity.encode()) % 4
+
+
+def test_packing_keeps_every_signal_once_in_order_per_partition_within_the_size_bound() -> None:
+    big = "x" * 20_000  # 40 signals of ~20 KB: more than one record's worth for a partition
+    signals = [Signal(2, f"tally:{n % 3}", "hit", 10 + n, f"s{n}", {"pad": big}) for n in range(40)]
+    records = pack_signals(signals, signal_partition)
+    assert all(len(value) <= PACKED_MAX_BYTES + 64 for _, value in records)
+    unpacked: dict[int, list[Signal]] = {}
+    for partition, value in records:
+        unpacked.setdefault(partition, []).extend(
+            load_signal(data) for data in orjson.loads(value)["signals"]
+        )
+    assert sorted(s.signal_id for got in unpacked.values() for s in got) == sorted(
+        s.signal_id for s in signals
+    )
+    for partition, got in unpacked.items():
+        assert all(signal_partition(s.entity) == partition for s in got)
+        assert got == [s for s in signals if signal_partition(s.entity) == partition]
+    assert len(records) > len(unpacked)  # the bound split some partition's signals
+
+
+async def test_a_packed_record_offers_each_signal_and_a_bad_one_costs_only_itself() -> None:
+    log: Log = []
+    entities = live(log)
+    ((_, value),) = pack_signals([tally("a", 10, 1), tally("b", 11, 2)], lambda _: 0)
+    data = orjson.loads(value)
+    data["signals"].insert(1, ["not", "a signal"])
+    await entities.on_batch([Event(0, 0, orjson.dumps(data))])
+    assert len(entities.stores[0]["2|tally:a"].pending) == 1
+    assert len(entities.stores[0]["2|tally:b"].pending) == 1

@@ -21,7 +21,12 @@ from linkwatch import service
 from linkwatch.journeys import JourneySet
 from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
-from linkwatch.service import LiveJourneys, flush_fully
+from linkwatch.service import (
+    LiveJourneys,
+    flush_fully,
+    signal_partitioner,
+    write_before_commits,
+)
 from linkwatch.settings import Settings
 from linkwatch.state import load_state
 from linkwatch.store import end_of_batch_key, progress_key
@@ -500,3 +505,65 @@ async def test_records_that_expand_to_many_events_let_the_event_loop_run_between
     await task
     # It ran while the batch was being handled: after the first record, before the last.
     assert seen == [{"u0"}]
+
+
+def test_signals_go_to_the_partition_kafka_gives_a_record_keyed_by_their_entity() -> None:
+    """Kafka's clients put a keyed record in toPositive(murmur2(key)) % partitions; the
+    murmur2 values are those of Kafka's own tests (UtilsTest). Signals were sent keyed by
+    entity before they were packed: each entity keeps the partition that holds its record."""
+    kafka_murmur2 = {"21": -973932308, "foobar": -790332482, "abc": 479470107}
+    partition_of = signal_partitioner(12)
+    for key, hashed in kafka_murmur2.items():
+        assert partition_of(key) == (hashed & 0x7FFFFFFF) % 12
+
+
+class CommittingConsumer:
+    """Faust's consumer as far as a commit goes: `force_commit` chooses the offsets of the
+    records acked by then (`_filter_committable_offsets`), then takes its round trips (here:
+    until `done` is set)."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.acked: list[int] = []
+        self.done = asyncio.Event()
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[str, int]:
+        return {"events.click/0": max(self.acked) + 1} if self.acked else {}
+
+    async def force_commit(self) -> bool:
+        offsets = self._filter_committable_offsets(None)
+        self.log.append(("offsets chosen", offsets))
+        await self.done.wait()
+        self.log.append(("offsets committed", offsets))
+        return True
+
+
+async def test_states_are_written_once_per_commit_before_the_offsets_it_commits_are_chosen(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    journeys, log = live
+    consumer = CommittingConsumer(log)
+    write_before_commits(consumer, [journeys])
+    for offset, page in enumerate(["product", "cart"]):  # one user, two batches
+        await journeys.on_batch([message("events.click", offset, b"u1", raw(page=page))])
+        consumer.acked.append(offset)
+    assert ("state written", b"u1") not in log  # not at the end of each batch any more
+    commit = asyncio.create_task(consumer.force_commit())
+    await asyncio.sleep(0)
+    # A batch that comes while the commit runs waits until its offsets are chosen ...
+    later = asyncio.create_task(
+        journeys.on_batch([message("events.click", 2, b"u2", raw(user_id="u2", page="cart"))])
+    )
+    await asyncio.sleep(0.05)
+    assert log.count(("state written", b"u1")) == 1
+    assert log.index(("state written", b"u1")) < log.index(
+        ("offsets chosen", {"events.click/0": 2})
+    )
+    # ... and not for its round trips.
+    assert later.done()
+    assert not commit.done()
+    consumer.done.set()
+    assert await commit
+    assert ("state written", b"u2") not in log  # the next commit's
+    await consumer.force_commit()
+    assert log.count(("state written", b"u2")) == 1

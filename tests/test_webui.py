@@ -240,6 +240,7 @@ async def test_the_entity_stage_tells_the_page_once_alerts_are_delivered() -> No
         send_health=send,
         send_profile=send,
         on_measures=lambda measures: None,
+        partition_of=lambda entity: 0,
         on_published=on_published,
     )
     await entities._deliver([link_alert("lk-a")])

@@ -1,6 +1,6 @@
 """The entity stage live: an agent on the signals topic, around the pure `EntityStage`.
 
-    journeys agent (stage 1, partition p) ──signals, keyed by entity──> signals [q]
+    journeys agent (stage 1, partition p) ──signals, packed by entity's partition──> signals [q]
                                           ──mark (level 2, from p, W)──> every signals [q]
     entities agent (partition q) ──records──> health / profiles topics
                                  ──signals of level k+1──> signals [r]
@@ -12,13 +12,16 @@ sends its signals before the mark that covers them, and both go to the same topi
 so when the mark arrives every signal it covers has arrived: the entity stage never decides
 before its inputs are in, however partitions lag each other.
 
-Delivery follows the journeys agent: outputs are delivered before the state that produced
-them is written, and marks are sent last. A crash repeats signals (same id: recognised while
+Signals travel packed: one record holds a batch's signals for one partition (`pack_signals`),
+the partition Kafka's default partitioner gives the entity. Delivery follows the journeys
+agent: outputs are delivered before the state that produced them is written (at the next
+offset commit), and marks are sent last. A crash repeats signals (same id: recognised while
 buffered, or refused as late once applied) and records (same id), never loses them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +34,6 @@ from linkwatch.entities import (
     EntityRecord,
     EntityStage,
     Offered,
-    dump_record,
     dump_signal,
     load_record,
     load_signal,
@@ -56,13 +58,50 @@ def mark_message(level: int, source: int, watermark: int) -> bytes:
 
 
 def signal_message(sig: Signal) -> bytes:
+    """One signal as a record of its own (what versions before packing sent; still read)."""
     return orjson.dumps(dump_signal(sig))
 
 
-async def send_signals(send: Send, signals: Iterable[Signal]) -> None:
-    """Publish signals keyed by entity, and wait until the broker has them all."""
+# Most bytes of signals packed into one record: well under the broker's 1 MB message size.
+PACKED_MAX_BYTES: Final = 256 * 1024
+
+# An entity's signals partition (the shell's: Kafka's default partitioner on the entity).
+PartitionOf = Callable[[str], int]
+
+
+def pack_signals(signals: Iterable[Signal], partition_of: PartitionOf) -> list[tuple[int, bytes]]:
+    """Signals as records: (partition, value), each record holding the signals of one
+    partition in the order given, up to `PACKED_MAX_BYTES`. A record per signal cost a
+    produce and a consume each, over two records per input event."""
+    by_partition: dict[int, list[list[Any]]] = {}
+    for sig in signals:
+        by_partition.setdefault(partition_of(sig.entity), []).append(dump_signal(sig))
+    records = []
+    for partition, dumped in by_partition.items():
+        chunk: list[bytes] = []
+        size = 0
+        for item in dumped:
+            encoded = orjson.dumps(item)
+            if chunk and size + len(encoded) > PACKED_MAX_BYTES:
+                records.append((partition, _packed(chunk)))
+                chunk, size = [], 0
+            chunk.append(encoded)
+            size += len(encoded) + 1
+        if chunk:
+            records.append((partition, _packed(chunk)))
+    return records
+
+
+def _packed(encoded: list[bytes]) -> bytes:
+    return b'{"signals":[' + b",".join(encoded) + b"]}"
+
+
+async def send_signals(send: Send, signals: Iterable[Signal], partition_of: PartitionOf) -> None:
+    """Publish signals packed per partition (`pack_signals`), and wait until the broker has
+    them all."""
     messages = [
-        {"key": sig.entity.encode(), "value": signal_message(sig), "force": True} for sig in signals
+        {"key": None, "value": value, "partition": partition, "force": True}
+        for partition, value in pack_signals(signals, partition_of)
     ]
     await deliver_all(send, messages)
 
@@ -87,6 +126,7 @@ class LiveEntities:
     send_health: Send
     send_profile: Send
     on_measures: Callable[[list[Measure]], None]
+    partition_of: PartitionOf  # where an entity's signals go
     on_offered: Callable[[Offered], None] = lambda _: None
     on_published: Callable[[list[EntityOutput]], None] = lambda _: None  # after delivery: /ui
     on_oversized: Callable[[str, int], None] = log_oversized  # (kind, bytes): too big to write
@@ -95,6 +135,11 @@ class LiveEntities:
     stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
     # partition → level → upstream partition → latest mark
     marks: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)
+    # As the journeys agent's (see `LiveJourneys`): records wait for the next offset commit.
+    write_on_commit: bool = False
+    unwritten: dict[int, Any] = field(default_factory=dict)  # partition → one of its events
+    progress_due: set[int] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def stage(self, partition: int) -> EntityStage:
         found = self.stages.get(partition)
@@ -104,31 +149,36 @@ class LiveEntities:
 
     def _load(self, partition: int) -> EntityStage:
         probe = self.new_stage({})
-
-        def decode(key: str, raw: bytes) -> tuple[int, EntityRecord | _Waiting]:
-            if key.startswith(WAITING_PREFIX):
-                owner, record, signal = orjson.loads(raw)
-                return owner, _Waiting(record, load_signal(signal))
-            owner, data = orjson.loads(raw)
-            logic = probe.logic_of(key.partition("|")[2])
-            if logic is None:  # its logic was switched off: let it go
-                return -1, EntityRecord(None, ())
-            return owner, load_record(logic, data)
-
-        loaded = load_partitions(self.records, {partition}, decode)[partition]
-        records, stored = _with_waiting_signals(loaded, probe)
-        store = EntityRecordStore(self.records, partition, records, self._encoder(probe), stored)
-        store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
-        store.on_oversized = self.on_oversized
-        stage = self.new_stage(store)
         # (Before progress moved next to the records it was in the watermarks table.)
         saved = self.records.get(progress_key(partition)) or self.progress.get(
             f"entities:{partition}".encode()
         )
         progress = orjson.loads(saved) if saved else {}
-        for level, value in progress.get("watermarks", {}).items():
-            if int(level) in stage.watermarks:
-                stage.watermarks[int(level)] = value
+        watermarks = {
+            int(level): value
+            for level, value in progress.get("watermarks", {}).items()
+            if int(level) in probe.watermarks
+        }
+
+        def decode(key: str, raw: bytes) -> tuple[int, Any]:
+            if key.startswith(WAITING_PREFIX):
+                return _decode_waiting(key, raw)
+            owner, data, *through = orjson.loads(raw)
+            logic = probe.logic_of(key.partition("|")[2])
+            if logic is None:  # its logic was switched off: let it go
+                return -1, EntityRecord(None, ())
+            if data is None:
+                return owner, _Retired(through[0] if through else None)
+            return owner, _Stored(load_record(logic, data), through[0] if through else None)
+
+        loaded = load_partitions(self.records, {partition}, decode)[partition]
+        records, waiting = _recover(loaded, probe, watermarks)
+        store = EntityRecordStore(self.records, partition, records, _state_dumper(probe), waiting)
+        store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
+        store.on_oversized = self.on_oversized
+        stage = self.new_stage(store)
+        stage.watermarks.update(watermarks)
+        store.watermarks = stage.watermarks  # the stage moves them; the store writes them
         self.marks[partition] = {
             int(level): {int(source): mark for source, mark in sources.items()}
             for level, sources in progress.get("marks", {}).items()
@@ -139,38 +189,46 @@ class LiveEntities:
         log.info("entity partition %d ready: %d entities", partition, len(records))
         return stage
 
-    @staticmethod
-    def _encoder(probe: EntityStage) -> Callable[[str, EntityRecord, int], bytes]:
-        def encode(key: str, record: EntityRecord, partition: int) -> bytes:
-            logic = probe.logic_of(key.partition("|")[2])
-            assert logic is not None  # only entities with a logic are ever stored
-            return orjson.dumps([partition, dump_record(logic, record)])
-
-        return encode
-
     def forget(self, partitions: set[int]) -> None:
         for partition in partitions:
             self.stages.pop(partition, None)
+            self.unwritten.pop(partition, None)
             self.stores.pop(partition, None)
             self.marks.pop(partition, None)
 
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Handle Faust events of signals and marks in order; deliver every output of the
-        batch; then write each changed record once, and each partition's progress, in the
-        event context of one of its records; send the marks for the next level last. A
-        message that fails is logged and skipped: a bug costs one signal, not the stream."""
+        batch; then (at once, or with `write_on_commit` at the next offset commit) write
+        each changed record once, and each partition's progress, in the event context of
+        one of its records; send the marks for the next level last. A message that fails is
+        logged and skipped: a bug costs one signal, not the stream."""
+        async with self.lock:
+            await self._on_batch(events)
+
+    async def write_pending(self) -> None:
+        """Write every record changed since the last write (see `on_batch`)."""
+        async with self.lock:
+            await self._write()
+
+    async def write_held(self) -> None:
+        """`write_pending` for a caller that holds `lock`."""
+        await self._write()
+
+    async def _on_batch(self, events: Sequence[Any]) -> None:
         outputs: list[EntityOutput] = []
-        touched: dict[int, tuple[EntityStage, Any]] = {}  # partition → (stage, an event)
-        saves: set[int] = set()
+        touched = self.unwritten  # partition → an event, for the writes
+        saves = self.progress_due
         higher_marks: list[tuple[int, int, int]] = []  # (level, from partition, watermark)
         for event in events:
             message = event.message
             partition = message.partition
             try:
                 stage = self.stage(partition)
-                touched[partition] = (stage, event)
+                touched[partition] = event
                 data = orjson.loads(message.value)
-                if isinstance(data, dict):
+                if isinstance(data, dict) and "signals" in data:
+                    self._offer_all(stage, data["signals"], message)
+                elif isinstance(data, dict):
                     if self._on_mark(partition, stage, data, outputs, higher_marks):
                         saves.add(partition)
                 else:
@@ -179,21 +237,41 @@ class LiveEntities:
                 log.exception("signal %s/%d@%d failed", message.topic, partition, message.offset)
         await self._deliver(outputs)
         # Only now: everything the batch caused is delivered.
+        if not self.write_on_commit:
+            await self._write()
+        for level, source, watermark in higher_marks:
+            await send_marks(self.send_signal, self.partitions, level, source, watermark)
+
+    async def _write(self) -> None:
         written = []
-        for partition, (stage, event) in touched.items():
-            store = self.stores.get(partition)
-            if store is None:
+        for partition, event in self.unwritten.items():
+            store, stage = self.stores.get(partition), self.stages.get(partition)
+            if store is None or stage is None:
                 continue
             with event_context(event):
                 changed = store.flush()
-                if partition in saves:
+                if partition in self.progress_due:
                     self._save(partition, stage)
                     changed += 1
             if changed:
                 written.append((partition, event))
+        self.unwritten.clear()
+        self.progress_due.clear()
         await end_batch(self.records, written, self.flush_producer)
-        for level, source, watermark in higher_marks:
-            await send_marks(self.send_signal, self.partitions, level, source, watermark)
+
+    def _offer_all(self, stage: EntityStage, signals: list[Any], message: Any) -> None:
+        """The signals of a packed record, each on its own: a bad one costs itself only."""
+        for index, data in enumerate(signals):
+            try:
+                self.on_offered(stage.offer(load_signal(data)))
+            except Exception:
+                log.exception(
+                    "signal %d of %s/%d@%d failed",
+                    index,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
 
     def _on_mark(
         self,
@@ -240,7 +318,7 @@ class LiveEntities:
         await deliver_all(self.send_health, by_topic["health"])
         await deliver_all(self.send_profile, by_topic["profiles"])
         self.on_published(outputs)
-        await send_signals(self.send_signal, signals)
+        await send_signals(self.send_signal, signals, self.partition_of)
         if measures:
             self.on_measures(measures)
 
@@ -259,12 +337,20 @@ class LiveEntities:
 
 # Keys of waiting signals start with this; record keys start with their level (a digit).
 WAITING_PREFIX: Final = "~"
+# Of a key holding the signals a flush found waiting: "~w<partition>:<number>".
+PACKED_WAITING: Final = WAITING_PREFIX + "w"
+# Most bytes of signals in one such key (a changelog record must fit the broker's limit).
+WAITING_MAX_BYTES: Final = 512 * 1024
 
 
 def waiting_key(record: str, signal_id: str) -> str:
-    """The table key of a signal waiting in `record` (length-prefixed: distinct for every
-    pair, whatever characters the record key and the signal id hold)."""
+    """The key of one waiting signal, as versions before `EntityRecordStore` packed them
+    wrote it (read, and deleted once moved)."""
     return f"{WAITING_PREFIX}{len(record)}:{record}{signal_id}"
+
+
+def packed_waiting_key(partition: int, number: int) -> str:
+    return f"{PACKED_WAITING}{partition}:{number}"
 
 
 class _Waiting(NamedTuple):
@@ -272,85 +358,213 @@ class _Waiting(NamedTuple):
     signal: Signal
 
 
-def _with_waiting_signals(
-    loaded: dict[str, Any], probe: EntityStage
-) -> tuple[dict[str, EntityRecord], dict[str, set[str]]]:
-    """Recovered records with the signals stored under their own keys put back into them,
-    and the ids of those, per record."""
-    records = {key: value for key, value in loaded.items() if isinstance(value, EntityRecord)}
-    waiting: dict[str, list[Signal]] = {}
-    for value in loaded.values():
-        if isinstance(value, _Waiting) and probe.logic_of(value.signal.entity) is not None:
-            waiting.setdefault(value.record, []).append(value.signal)
-    stored: dict[str, set[str]] = {}
+class _Stored(NamedTuple):
+    """A record as written, and the watermark of its level when it was (see `_recover`)."""
+
+    record: EntityRecord
+    through: int | None
+
+
+class _Retired(NamedTuple):
+    """A record deleted by the flush that wrote this: its level's watermark then."""
+
+    through: int | None
+
+
+def _decode_waiting(key: str, raw: bytes) -> tuple[int, list[_Waiting]]:
+    if key.startswith(PACKED_WAITING):
+        owner, entries = orjson.loads(raw)
+        return owner, [_Waiting(record, load_signal(signal)) for record, signal in entries]
+    owner, record, signal = orjson.loads(raw)  # one signal (an older version wrote it)
+    return owner, [_Waiting(record, load_signal(signal))]
+
+
+def _state_dumper(probe: EntityStage) -> Callable[[str, Any], Any]:
+    def dump(key: str, state: Any) -> Any:
+        logic = probe.logic_of(key.partition("|")[2])
+        assert logic is not None  # only entities with a logic are ever stored
+        return logic.dump(state)
+
+    return dump
+
+
+def _level_of(key: str) -> int:
+    return int(key.partition("|")[0])
+
+
+@dataclass
+class Recovered:
+    """Where the recovered waiting signals are stored (see `EntityRecordStore`)."""
+
+    # record key → signal id → the key holding it
+    stored: dict[str, dict[str, str]] = field(default_factory=dict)
+    left: dict[str, int] = field(default_factory=dict)  # packed key → its signals still waiting
+    stale: set[str] = field(default_factory=set)  # keys to delete: all theirs applied, or moved
+    numbers: int = 0  # the next packed key's number
+
+
+def _recover(
+    loaded: dict[str, Any], probe: EntityStage, watermarks: dict[int, int]
+) -> tuple[dict[str, EntityRecord], Recovered]:
+    """Records with the signals still waiting for them put back in. A stored signal that
+    its record's level has passed was applied (or refused) before the crash: passed, that
+    is, by the watermark its record was written with, or by the partition's progress. Each
+    record carries its own so that a restart that recovered a record but not the progress
+    written after it does not apply its signals twice."""
+    records: dict[str, EntityRecord] = {}
+    through: dict[str, int] = {}
+    for key, value in loaded.items():
+        if isinstance(value, _Stored | _Retired) and value.through is not None:
+            through[key] = value.through
+        if isinstance(value, _Stored):
+            records[key] = value.record
+    found = Recovered()
+    waiting: dict[str, dict[str, Signal]] = {}
+    for key, value in loaded.items():
+        if isinstance(value, _Retired):
+            found.stale.add(key)  # its watermark has served (above)
+        if not isinstance(value, list):
+            continue
+        packed = key.startswith(PACKED_WAITING)
+        if packed:
+            found.numbers = max(found.numbers, int(key.rpartition(":")[2]) + 1)
+        kept = 0
+        for record, sig in value:
+            passed = max(through.get(record, -1), watermarks.get(_level_of(record), -1))
+            if sig.ts <= passed or probe.logic_of(sig.entity) is None:
+                continue
+            waiting.setdefault(record, {})[sig.signal_id] = sig
+            if packed:
+                found.stored.setdefault(record, {})[sig.signal_id] = key
+                kept += 1
+        if kept:
+            found.left[key] = kept
+        else:  # all applied; or one signal an older version wrote: moved at the next flush
+            found.stale.add(key)
     for key, signals in waiting.items():
         record = records.get(key, EntityRecord(None, ()))
         known = {s.signal_id for s in record.pending}
-        merged = [*record.pending, *(s for s in signals if s.signal_id not in known)]
+        merged = [*record.pending, *(s for s in signals.values() if s.signal_id not in known)]
         records[key] = EntityRecord(record.state, tuple(sorted(merged, key=signal_order)))
-        stored[key] = {s.signal_id for s in signals}
-    return records, stored
+    return records, found
 
 
 class EntityRecordStore(WriteBackStore[EntityRecord]):
-    """Entity records in the table as two kinds of keys: the record's key holds the logic's
-    state, and each waiting signal has a key of its own, written once when it arrives and
-    deleted once it is applied. A busy entity whose signals wait for a lagging watermark then
-    costs each signal's own bytes, where a whole record rewritten per batch grew without bound
-    (and with it the broker's memory)."""
+    """Entity records in the table. A record's key holds the logic's state, and the
+    watermark of its level when written; the signals waiting for that watermark are written
+    once when they arrive, all those of one flush under one key (`packed_waiting_key`),
+    which is deleted once every one of them has been applied. A busy entity whose signals
+    wait for a lagging watermark then costs each signal's own bytes once, where a record
+    rewritten with its signals per batch grew without bound (and with it the broker's
+    memory), and a key per signal cost two changelog records per signal.
+
+    Order within a flush: new waiting signals, then the records, then the deletions (a
+    packed key only after the records its signals were applied to). A restart that
+    recovers part of a flush finds a record's own watermark next to it (`_recover`)."""
 
     def __init__(
         self,
         table: BytesTable,
         partition: int,
         records: dict[str, EntityRecord],
-        encode: Callable[[str, EntityRecord, int], bytes],
-        stored: dict[str, set[str]],
+        dump_state: Callable[[str, Any], Any],
+        recovered: Recovered | None = None,
     ) -> None:
-        super().__init__(table, partition, records, encode)
-        self._written_waiting = {key: set(ids) for key, ids in stored.items()}
+        super().__init__(table, partition, records, self._encode_record)
+        recovered = recovered or Recovered()
+        self._dump_state = dump_state
+        self.watermarks: dict[int, int | None] = {}  # the stage's, by level
+        self._stored = recovered.stored
+        self._left = recovered.left
+        self._stale = set(recovered.stale)
+        self._number = recovered.numbers
         # Of each record's state as last written (a hash of its bytes): an unchanged state
         # is not written again when only its waiting signals changed.
         self._written_state: dict[str, int] = {}
         for key, record in records.items():
-            if any(s.signal_id not in stored.get(key, ()) for s in record.pending):
-                self._dirty.add(key)  # written by an older version, inside the record
+            stored = self._stored.get(key, {})
+            if any(s.signal_id not in stored for s in record.pending):
+                self._dirty.add(key)  # its waiting signals are not where this version keeps them
             else:
                 self._written_state[key] = hash(self._state_bytes(key, record))
 
+    def _encode_record(self, key: str, record: EntityRecord, partition: int) -> bytes:
+        return self._state_bytes(key, record)
+
     def _state_bytes(self, key: str, record: EntityRecord) -> bytes:
-        return self._encode(key, EntityRecord(record.state, ()), self.partition)
+        state = None if record.state is None else self._dump_state(key, record.state)
+        return orjson.dumps([self.partition, [state, []]])
 
     def flush(self) -> int:
-        written = 0
         table = self._table
+        written = 0
+        # Deleted only now: written by an earlier flush, whose progress is durable by now.
+        stale, self._stale = self._stale, set()
+        arrived: list[tuple[str, Signal]] = []
+        emptied: list[str] = []
+        changed: list[str] = []
         for key in self._dirty:
             record = self._states.get(key)
             waiting = {s.signal_id: s for s in record.pending} if record is not None else {}
-            before = self._written_waiting.pop(key, set())
-            for signal_id in waiting.keys() - before:
-                value = orjson.dumps([self.partition, key, dump_signal(waiting[signal_id])])
-                table[waiting_key(key, signal_id).encode()] = value
-                written += 1
-            for signal_id in before - waiting.keys():
-                gone = waiting_key(key, signal_id).encode()
-                if gone in table:
-                    del table[gone]
-                    written += 1
-            if waiting:
-                self._written_waiting[key] = set(waiting)
-            written += self._flush_state(key, record)
+            stored = self._stored.setdefault(key, {})
+            arrived.extend((key, waiting[i]) for i in waiting.keys() - stored.keys())
+            for signal_id in stored.keys() - waiting.keys():
+                where = stored.pop(signal_id)
+                self._left[where] -= 1
+                if not self._left[where]:
+                    del self._left[where]
+                    emptied.append(where)
+            if not stored:
+                del self._stored[key]
+            changed.append(key)
         self._dirty.clear()
+        written += self._write_arrived(arrived)
+        for key in changed:
+            written += self._flush_state(key, self._states.get(key))
+        for key in sorted(stale):  # retired records, and keys with nothing left to wait
+            if key not in self._states and key.encode() in table:  # (not back since)
+                del table[key.encode()]
+                written += 1
+        for where in emptied:
+            del table[where.encode()]
+            written += 1
+        return written
+
+    def _write_arrived(self, arrived: list[tuple[str, Signal]]) -> int:
+        """The signals that came to wait since the last flush, in as few keys as fit."""
+        written = 0
+        chunk: list[bytes] = []
+        owners: list[tuple[str, str]] = []
+        size = 0
+        for at, (key, sig) in enumerate(arrived):
+            entry = orjson.dumps([key, dump_signal(sig)])
+            chunk.append(entry)
+            owners.append((key, sig.signal_id))
+            size += len(entry) + 1
+            if size >= WAITING_MAX_BYTES or at == len(arrived) - 1:
+                where = packed_waiting_key(self.partition, self._number)
+                self._number += 1
+                value = b"[%d,[" % self.partition + b",".join(chunk) + b"]]"
+                self._table[where.encode()] = value
+                for owner, signal_id in owners:
+                    self._stored.setdefault(owner, {})[signal_id] = where
+                self._left[where] = len(owners)
+                written += 1
+                chunk, owners, size = [], [], 0
         return written
 
     def _flush_state(self, key: str, record: EntityRecord | None) -> int:
         encoded = key.encode()
+        through = self.watermarks.get(_level_of(key))
         if record is None:
             self._written_state.pop(key, None)
-            if encoded in self._table:
-                del self._table[encoded]
-                return 1
-            return 0
+            if encoded not in self._table:
+                return 0
+            # Not deleted yet: until the progress written after it is durable, what it held
+            # through says which of its stored signals were applied (see `_recover`).
+            self._table[encoded] = orjson.dumps([self.partition, None, through])
+            self._stale.add(key)
+            return 1
         value = self._state_bytes(key, record)
         fingerprint = hash(value)
         if self._written_state.get(key) == fingerprint:
@@ -358,6 +572,6 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
         if len(value) > MAX_VALUE_BYTES:
             self.on_oversized(self.kind_of(key), len(value))
             return 0
-        self._table[encoded] = value
+        self._table[encoded] = value[:-1] + b",%d]" % through if through is not None else value
         self._written_state[key] = fingerprint
         return 1

@@ -17,23 +17,30 @@ agent handles it like an event. State is then only ever written in the partition
 context (RocksDB tables require it), and ticks are replayed after a crash like any record.
 
 Delivery: the agent takes records in batches (`take_events`). A batch's triggers are delivered
-(broker-acknowledged) before any state change of the batch is written, each changed state is
-written once per batch however many records touched it, and Faust acks the batch's records
-only after that; it flushes the producer before it commits offsets. A crash can therefore
-repeat a trigger (same `trigger_id`), never lose one.
+(broker-acknowledged) before any state change of the batch is written, and Faust acks the
+batch's records only after that. Changed states wait for the next offset commit, which writes
+each of them once however many batches touched it, before it chooses the offsets to commit
+(`write_before_commits`); Faust flushes the producer before it commits. A crash can therefore
+repeat a trigger (same `trigger_id`), never lose one: it replays what came since the last
+commit.
+
+Signals for the entity stage go packed, one record per signals partition and batch
+(`live_entities.pack_signals`), not one record per signal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 import orjson
+from aiokafka.partitioner import DefaultPartitioner
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
@@ -55,7 +62,7 @@ from linkwatch.event_context import end_batch, event_context
 from linkwatch.events import Event, parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
-from linkwatch.live_entities import LiveEntities, send_marks, send_signals
+from linkwatch.live_entities import LiveEntities, PartitionOf, send_marks, send_signals
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
@@ -134,6 +141,15 @@ class LiveJourneys:
     flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
     batch_limits: BatchLimits = field(init=False)
     batched_events: int = 0  # events of batch records handled since the loop last ran
+    # States wait for the next offset commit (`write_pending`, called by `write_before_commits`)
+    # rather than being written at the end of each batch.
+    write_on_commit: bool = False
+    # Partition → one of its records handled since the last write (the context of the write),
+    # and the partitions whose progress must be written with their states.
+    unwritten: dict[int, EventT[Any]] = field(default_factory=dict)
+    progress_due: set[int] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # a batch, or a write: never both
+    signal_partition: PartitionOf = field(init=False)  # where an entity's signals go
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -142,6 +158,7 @@ class LiveJourneys:
         self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
         self.user_key = user_ref_key(self.settings)
         self.batch_limits = self.settings.batch_limits
+        self.signal_partition = signal_partitioner(self.settings.partitions)
 
     def reload(self, journeys: JourneySet) -> None:
         """Run `journeys` from now on. Each loaded partition switches in its own event context,
@@ -204,9 +221,11 @@ class LiveJourneys:
         return self.processors[partition]
 
     def forget(self, partitions: set[int]) -> None:
-        """Revoked partitions: another worker owns them now (their state is in the table)."""
+        """Revoked partitions: another worker owns them now (their state is in the table:
+        `write_pending` first)."""
         for partition in partitions:
             self.processors.pop(partition, None)
+            self.unwritten.pop(partition, None)
             self.stores.pop(partition, None)
             self.metrics.forget_partition(partition)
         # What we handled there is history: if they come back, the group has moved on.
@@ -229,14 +248,20 @@ class LiveJourneys:
 
     async def on_batch(self, events: Sequence[EventT[Any]]) -> None:
         """Handle a batch of records and ticks, in order, then deliver every output of the
-        batch, and only then write each changed state once (in its partition's event
-        context). The agent acks the batch after this returns, so no offset is committed
-        before the state it moved past is written: a crash replays the whole batch."""
+        batch; only then may the states it changed be written (in their partitions' event
+        contexts): at the end of the batch, or with `write_on_commit` at the next offset
+        commit, which writes them before it commits anything (`write_before_commits`). The
+        agent acks the batch after this returns, so no offset is committed before the state
+        it moved past is written: a crash replays everything since the last commit."""
+        async with self.lock:
+            await self._on_batch(events)
+
+    async def _on_batch(self, events: Sequence[EventT[Any]]) -> None:
         now = wall_ms()
         outputs: list[Output] = []
         letters: list[dict[str, Any]] = []
-        last_event: dict[int, EventT[Any]] = {}  # partition → its context for the writes
-        reconfigured: set[int] = set()
+        last_event = self.unwritten  # partition → its context for the writes
+        reconfigured = self.progress_due
         ticked: set[int] = set()
         for event in events:
             message = event.message
@@ -267,10 +292,29 @@ class LiveJourneys:
             self.metrics.count_outputs(outputs)
             await self._publish(outputs, now)
             if self.signals_topic is not None:
-                await send_signals(self.signals_topic.send, derive_signals(outputs, self.features))
+                signals = derive_signals(outputs, self.features)
+                await send_signals(self.signals_topic.send, signals, self.signal_partition)
         # Only now, with every trigger delivered, may the states that produced them be written.
+        self.progress_due |= ticked
+        if not self.write_on_commit:
+            await self._write(now)
+        for partition in sorted(ticked):
+            ticked_processor = self.processors.get(partition)
+            if ticked_processor is not None:
+                await self._mark(partition, ticked_processor, now)
+
+    async def write_pending(self) -> None:
+        """Write every state changed since the last write (see `on_batch`)."""
+        async with self.lock:
+            await self.write_held()
+
+    async def write_held(self) -> None:
+        """`write_pending` for a caller that holds `lock`."""
+        await self._write(wall_ms())
+
+    async def _write(self, now: int) -> None:
         written: list[tuple[int, EventT[Any]]] = []
-        for partition, event in last_event.items():
+        for partition, event in self.unwritten.items():
             loaded = self.processors.get(partition)
             if loaded is None:
                 continue
@@ -280,20 +324,14 @@ class LiveJourneys:
                 # what was forgotten): it is written with them, or a restart would judge
                 # replayed records against an older one and decide differently. After them,
                 # in their changelog partition: never restored without them.
-                if (
-                    partition in ticked
-                    or partition in reconfigured
-                    or loaded.watermark != self.saved.get(partition)
-                ):
+                if partition in self.progress_due or loaded.watermark != self.saved.get(partition):
                     self._save_progress(partition, loaded, now)
                     changed += 1
             if changed:
                 written.append((partition, event))
+        self.unwritten.clear()
+        self.progress_due.clear()
         await end_batch(self.states, written, self.flush_producer)
-        for partition in sorted(ticked):
-            ticked_processor = self.processors.get(partition)
-            if ticked_processor is not None:
-                await self._mark(partition, ticked_processor, now)
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -558,6 +596,81 @@ def oversized_counter(metrics: Metrics) -> Callable[[str, int], None]:
     return oversized
 
 
+class Writer(Protocol):
+    """An agent's adapter whose changed states wait for the next offset commit."""
+
+    lock: asyncio.Lock
+    write_on_commit: bool
+
+    async def write_pending(self) -> None: ...
+    async def write_held(self) -> None: ...
+
+
+def write_before_commits(consumer: Any, writers: Sequence[Writer]) -> None:
+    """Make each of the consumer's offset commits write the changed states first, and each
+    writer write them only then (`write_on_commit`): a user's state is written once per
+    commit interval, however many of their events arrived, instead of once per batch.
+
+    Faust commits the offsets of acked records from a timer, on a rebalance and on stop, all
+    through `force_commit`; wrapped here, it takes every writer's lock (an agent holds its
+    own while it handles a batch; Faust acks a batch's records only after that), writes,
+    and keeps the locks until Faust has chosen the offsets to commit. So every record acked
+    by then belongs to a batch that had ended, with its outputs delivered, and its states
+    are written before its offset is committed. The locks go as soon as the offsets are
+    chosen (seen through `_filter_committable_offsets`), not after the commit's round trips;
+    should Faust ever choose them elsewhere, they are held until the commit is done."""
+    if getattr(consumer, "_linkwatch_writes_first", False):
+        return
+    commit = consumer.force_commit
+    choose = consumer._filter_committable_offsets
+    waiting: list[asyncio.Event] = []  # one per commit waiting for its offsets to be chosen
+
+    def filter_committable_offsets(tps: Any) -> Any:
+        offsets = choose(tps)
+        for chosen in waiting:
+            chosen.set()
+        return offsets
+
+    async def force_commit(*args: Any, **kwargs: Any) -> Any:
+        async with contextlib.AsyncExitStack() as held:
+            for writer in writers:
+                await held.enter_async_context(writer.lock)
+            for writer in writers:
+                await writer.write_held()
+            chosen = asyncio.Event()
+            waiting.append(chosen)
+            committing = asyncio.ensure_future(commit(*args, **kwargs))
+            chosen_wait = asyncio.ensure_future(chosen.wait())
+            try:
+                await asyncio.wait({committing, chosen_wait}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                committing.cancel()
+                raise
+            finally:
+                chosen_wait.cancel()
+                waiting.remove(chosen)
+        return await committing
+
+    consumer._filter_committable_offsets = filter_committable_offsets
+    consumer.force_commit = force_commit
+    consumer._linkwatch_writes_first = True
+    for writer in writers:
+        writer.write_on_commit = True
+
+
+def signal_partitioner(partitions: int) -> PartitionOf:
+    """Where an entity's signals go: where Kafka's default partitioner (murmur2) puts a record
+    keyed by the entity, as signals were sent before they were packed, so that a restart
+    after an upgrade finds each entity's record where it left it."""
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+
+    def partition_of(entity: str) -> int:
+        return int(partitioner(entity.encode(), every, None))
+
+    return partition_of
+
+
 def flush_fully(producer: Any) -> Callable[[], Awaitable[None]]:
     """Wait until every record sent through Faust's producer is acknowledged. Faust's own
     `flush` returns once its send buffer has sent nothing for 0.1 s, which under load can
@@ -631,8 +744,11 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         entity_stores = entities.live.stores
         metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
 
+    writers: list[Writer] = [live] if entities is None else [live, entities.live]
+
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
+        write_before_commits(app.consumer, writers)
         live.highwater = app.consumer.highwater
         # Faust's record of committed offsets (filled when it seeks to them on assignment).
         committed = getattr(app.consumer, "_committed_offset", None)
@@ -662,6 +778,8 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
 
     async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", set())
+        for writer in writers:  # (Faust's commit before this has written them, normally)
+            await writer.write_pending()
         live.forget({tp.partition for tp in revoked if tp.topic == settings.topic_ticks})
         if entities is not None:
             entities.live.forget(
@@ -753,6 +871,7 @@ def _entity_stage(
         send_health=health.send,
         send_profile=profiles.send,
         on_measures=metrics.count_measures,
+        partition_of=signal_partitioner(settings.partitions),
         on_offered=offered,
     )
 
