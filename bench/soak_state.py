@@ -24,7 +24,7 @@ from linkwatch.journeys import load_journeys
 from linkwatch.partition import PartitionProcessor
 from linkwatch.produce import endless_traffic
 
-SOAK_START = 1_577_836_800_000  # 2020-01-01, as the soak
+SOAK_START = 946_771_200_000  # 2000-01-02, as the soak
 DAY_MS = 86_400_000
 
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' worker harness
 from tests.integration.workers import FAST, WorkerProcess, prepare, sum_metric  # noqa: E402
 
-SOAK_START = 1_577_836_800_000  # 2020-01-01, as the soak
+SOAK_START = 946_771_200_000  # 2000-01-02, as the soak
 DAY_MS = 86_400_000
 
 # (stage, frames that put a stack in it): the first stage with a frame in the stack wins, so
