@@ -23,6 +23,7 @@ from linkwatch.live_entities import (
     PACKED_MAX_BYTES,
     WAITING_PREFIX,
     LiveEntities,
+    bounded_runs,
     mark_message,
     pack_signals,
     signal_message,
@@ -270,3 +271,10 @@ async def test_a_packed_record_offers_each_signal_and_a_bad_one_costs_only_itsel
     await entities.on_batch([Event(0, 0, orjson.dumps(data))])
     assert len(entities.stores[0]["2|tally:a"].pending) == 1
     assert len(entities.stores[0]["2|tally:b"].pending) == 1
+
+
+def test_bounded_runs_stay_within_the_bound_and_keep_every_entry_once_in_order() -> None:
+    entries = [b"x" * n for n in (3, 3, 3, 20, 1, 1)]
+    runs = list(bounded_runs(entries, 8))
+    assert [list(run) for run in runs] == [[0, 1], [2], [3], [4, 5]]  # 20 bytes: alone
+    assert list(bounded_runs([], 8)) == []

@@ -27,6 +27,24 @@ def event_context(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+async def write_partitions(
+    table: BytesTable,
+    unwritten: dict[int, Any],
+    write: Callable[[int], int],
+    flush: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Write each partition with changes (`unwritten`: partition → one of its records):
+    `write(partition)` runs in that record's event context and says how many table writes it
+    made; then end the partitions written (`end_batch`) and forget what was unwritten."""
+    written: list[tuple[int, Any]] = []
+    for partition, event in unwritten.items():
+        with event_context(event):
+            if write(partition):
+                written.append((partition, event))
+    unwritten.clear()
+    await end_batch(table, written, flush)
+
+
 async def end_batch(
     table: BytesTable,
     written: list[tuple[int, Any]],

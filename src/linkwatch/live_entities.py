@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -39,7 +39,7 @@ from linkwatch.entities import (
     load_signal,
     signal_order,
 )
-from linkwatch.event_context import end_batch, event_context
+from linkwatch.event_context import write_partitions
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import (
     MAX_VALUE_BYTES,
@@ -78,18 +78,23 @@ def pack_signals(signals: Iterable[Signal], partition_of: PartitionOf) -> list[t
         by_partition.setdefault(partition_of(sig.entity), []).append(dump_signal(sig))
     records = []
     for partition, dumped in by_partition.items():
-        chunk: list[bytes] = []
-        size = 0
-        for item in dumped:
-            encoded = orjson.dumps(item)
-            if chunk and size + len(encoded) > PACKED_MAX_BYTES:
-                records.append((partition, _packed(chunk)))
-                chunk, size = [], 0
-            chunk.append(encoded)
-            size += len(encoded) + 1
-        if chunk:
-            records.append((partition, _packed(chunk)))
+        encoded = [orjson.dumps(item) for item in dumped]
+        for run in bounded_runs(encoded, PACKED_MAX_BYTES):
+            records.append((partition, _packed(encoded[run.start : run.stop])))
     return records
+
+
+def bounded_runs(entries: Sequence[bytes], max_bytes: int) -> Iterator[range]:
+    """`entries` cut into consecutive runs (index ranges) whose bytes, with a separator
+    each, stay within `max_bytes`; an entry bigger than that is a run of its own."""
+    start = size = 0
+    for at, entry in enumerate(entries):
+        if at > start and size + len(entry) > max_bytes:
+            yield range(start, at)
+            start, size = at, 0
+        size += len(entry) + 1
+    if start < len(entries):
+        yield range(start, len(entries))
 
 
 def _packed(encoded: list[bytes]) -> bytes:
@@ -216,21 +221,19 @@ class LiveEntities:
 
     async def _on_batch(self, events: Sequence[Any]) -> None:
         outputs: list[EntityOutput] = []
-        touched = self.unwritten  # partition → an event, for the writes
-        saves = self.progress_due
         higher_marks: list[tuple[int, int, int]] = []  # (level, from partition, watermark)
         for event in events:
             message = event.message
             partition = message.partition
             try:
                 stage = self.stage(partition)
-                touched[partition] = event
+                self.unwritten[partition] = event  # the context of its writes
                 data = orjson.loads(message.value)
                 if isinstance(data, dict) and "signals" in data:
                     self._offer_all(stage, data["signals"], message)
                 elif isinstance(data, dict):
                     if self._on_mark(partition, stage, data, outputs, higher_marks):
-                        saves.add(partition)
+                        self.progress_due.add(partition)
                 else:
                     self.on_offered(stage.offer(load_signal(data)))
             except Exception:
@@ -243,21 +246,18 @@ class LiveEntities:
             await send_marks(self.send_signal, self.partitions, level, source, watermark)
 
     async def _write(self) -> None:
-        written = []
-        for partition, event in self.unwritten.items():
+        def write(partition: int) -> int:
             store, stage = self.stores.get(partition), self.stages.get(partition)
             if store is None or stage is None:
-                continue
-            with event_context(event):
-                changed = store.flush()
-                if partition in self.progress_due:
-                    self._save(partition, stage)
-                    changed += 1
-            if changed:
-                written.append((partition, event))
-        self.unwritten.clear()
+                return 0
+            changed = store.flush()
+            if partition in self.progress_due:
+                self._save(partition, stage)
+                changed += 1
+            return changed
+
+        await write_partitions(self.records, self.unwritten, write, self.flush_producer)
         self.progress_due.clear()
-        await end_batch(self.records, written, self.flush_producer)
 
     def _offer_all(self, stage: EntityStage, signals: list[Any], message: Any) -> None:
         """The signals of a packed record, each on its own: a bad one costs itself only."""
@@ -532,25 +532,17 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
 
     def _write_arrived(self, arrived: list[tuple[str, Signal]]) -> int:
         """The signals that came to wait since the last flush, in as few keys as fit."""
+        entries = [orjson.dumps([key, dump_signal(sig)]) for key, sig in arrived]
         written = 0
-        chunk: list[bytes] = []
-        owners: list[tuple[str, str]] = []
-        size = 0
-        for at, (key, sig) in enumerate(arrived):
-            entry = orjson.dumps([key, dump_signal(sig)])
-            chunk.append(entry)
-            owners.append((key, sig.signal_id))
-            size += len(entry) + 1
-            if size >= WAITING_MAX_BYTES or at == len(arrived) - 1:
-                where = packed_waiting_key(self.partition, self._number)
-                self._number += 1
-                value = b"[%d,[" % self.partition + b",".join(chunk) + b"]]"
-                self._table[where.encode()] = value
-                for owner, signal_id in owners:
-                    self._stored.setdefault(owner, {})[signal_id] = where
-                self._left[where] = len(owners)
-                written += 1
-                chunk, owners, size = [], [], 0
+        for run in bounded_runs(entries, WAITING_MAX_BYTES):
+            where = packed_waiting_key(self.partition, self._number)
+            self._number += 1
+            value = b"[%d,[" % self.partition + b",".join(entries[run.start : run.stop]) + b"]]"
+            self._table[where.encode()] = value
+            for key, sig in arrived[run.start : run.stop]:
+                self._stored.setdefault(key, {})[sig.signal_id] = where
+            self._left[where] = len(run)
+            written += 1
         return written
 
     def _flush_state(self, key: str, record: EntityRecord | None) -> int:

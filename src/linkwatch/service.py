@@ -58,7 +58,7 @@ from linkwatch.entities import (
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
-from linkwatch.event_context import end_batch, event_context
+from linkwatch.event_context import write_partitions
 from linkwatch.events import Event, parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
@@ -260,8 +260,6 @@ class LiveJourneys:
         now = wall_ms()
         outputs: list[Output] = []
         letters: list[dict[str, Any]] = []
-        last_event = self.unwritten  # partition → its context for the writes
-        reconfigured = self.progress_due
         ticked: set[int] = set()
         for event in events:
             message = event.message
@@ -270,7 +268,7 @@ class LiveJourneys:
             # Reloaded journeys take over here, where this partition's state may be written.
             if processor.engine is not self.engine:
                 outputs.extend(self._reconfigure(partition, processor))
-                reconfigured.add(partition)
+                self.progress_due.add(partition)
             kind = self.kind_of_topic.get(message.topic)
             if kind is not None:
                 self._check_gap(message, partition)
@@ -281,7 +279,7 @@ class LiveJourneys:
                 ticked.add(partition)
             else:
                 outputs.extend(self._on_record(processor, kind, message, now, backlog, letters))
-            last_event[partition] = event
+            self.unwritten[partition] = event  # the context of its writes
             if self.batched_events >= YIELD_AFTER_EVENTS:
                 self.batched_events = 0
                 await asyncio.sleep(0)
@@ -313,25 +311,22 @@ class LiveJourneys:
         await self._write(wall_ms())
 
     async def _write(self, now: int) -> None:
-        written: list[tuple[int, EventT[Any]]] = []
-        for partition, event in self.unwritten.items():
+        def write(partition: int) -> int:
             loaded = self.processors.get(partition)
             if loaded is None:
-                continue
-            with event_context(event):
-                changed = self.stores[partition].flush()
-                # The states just written were decided under this watermark (what was late,
-                # what was forgotten): it is written with them, or a restart would judge
-                # replayed records against an older one and decide differently. After them,
-                # in their changelog partition: never restored without them.
-                if partition in self.progress_due or loaded.watermark != self.saved.get(partition):
-                    self._save_progress(partition, loaded, now)
-                    changed += 1
-            if changed:
-                written.append((partition, event))
-        self.unwritten.clear()
+                return 0
+            changed = self.stores[partition].flush()
+            # The states just written were decided under this watermark (what was late,
+            # what was forgotten): it is written with them, or a restart would judge
+            # replayed records against an older one and decide differently. After them,
+            # in their changelog partition: never restored without them.
+            if partition in self.progress_due or loaded.watermark != self.saved.get(partition):
+                self._save_progress(partition, loaded, now)
+                changed += 1
+            return changed
+
+        await write_partitions(self.states, self.unwritten, write, self.flush_producer)
         self.progress_due.clear()
-        await end_batch(self.states, written, self.flush_producer)
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
