@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from linkwatch.broker import free_port
 from linkwatch.journeys import load_journeys
@@ -133,24 +134,49 @@ def skipped_records(log_dir: Path) -> list[str]:
     ]
 
 
+async def committed_input(settings: Settings) -> int:
+    """Input records the worker group has committed: a worker started now resumes after them."""
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in settings.input_topics.values()
+        for p in range(settings.partitions)
+    ]
+    admin = AIOKafkaAdminClient(**settings.aiokafka_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=partitions)
+    finally:
+        await admin.close()
+    return sum(max(0, meta.offset) for meta in offsets.values())
+
+
 def kill_at_random_points(
-    settings: Settings,
-    log_dir: Path,
-    kills: int,
-    rng: random.Random,
-    *,
-    longest: float,
+    settings: Settings, log_dir: Path, records: int, kills: int, rng: random.Random
 ) -> WorkerProcess:
-    """Start a worker, and `kills` times: let it work for a random while (once it has handled
-    a record), kill -9 it, start another. Returns the last one, running."""
+    """Start a worker, and `kills` times: let it handle a random number of the `records` input
+    records not yet committed, kill -9 it, start another. Returns the last one, running.
+
+    Kill points are counted in records, not seconds, so every kill lands inside the run
+    however fast the worker is (timed kills once came after a fast worker had finished, and
+    its successor had nothing left to do). Each worker is killed within its share of what is
+    left, so the later kills still find records to interrupt."""
     worker = WorkerProcess(settings, log_dir, name="worker-0").start()
-    for number in range(1, kills + 1):
-        assert wait_for(lambda w=worker: handled(w) > 0, timeout=300), worker.tail_log()
-        delay = rng.uniform(0.5, longest)
-        time.sleep(delay)
-        print(f"kill -9 number {number}, {delay:.1f} s in, at {handled(worker):.0f} records")
-        worker.kill()
-        worker = WorkerProcess(settings, log_dir, name=f"worker-{number}").start(ready_timeout=180)
+    try:
+        for number in range(1, kills + 1):
+            left = records - run(committed_input(settings))
+            share = int(0.9 * left / (kills - number + 1))
+            assert share >= 1, f"only {left} records left before kill {number}"
+            # A restarted worker resumes at the committed offsets, so its count is of `left`.
+            target = rng.randint(1, share)
+            reached = wait_for(lambda w=worker, n=target: handled(w) >= n, 300, interval=0.05)
+            assert reached, worker.tail_log()
+            print(f"kill -9 number {number} at {handled(worker):.0f} of {left} records left")
+            worker.kill()
+            worker = WorkerProcess(settings, log_dir, name=f"worker-{number}")
+            worker.start(ready_timeout=180)
+    except BaseException:
+        worker.kill()  # not left running into the next test
+        raise
     return worker
 
 

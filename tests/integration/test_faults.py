@@ -43,20 +43,19 @@ FAST_TIMEOUT = pytest.mark.timeout(900)
 
 
 @pytest.mark.parametrize(
-    ("users", "kills", "longest"),
+    ("users", "kills"),
     [
-        pytest.param(2000, 2, 4.0, id="12k-events-2-kills", marks=FAST_TIMEOUT),
+        pytest.param(2000, 2, id="12k-events-2-kills", marks=FAST_TIMEOUT),
         pytest.param(
             34_000,
             5,
-            40.0,
             id="200k-events-5-kills",
             marks=[pytest.mark.faults, pytest.mark.timeout(FAULTS_TIMEOUT)],
         ),
     ],
 )
 def test_kill_9_at_random_points_loses_no_trigger(
-    kafka_settings: Settings, tmp_path: Path, users: int, kills: int, longest: float
+    kafka_settings: Settings, tmp_path: Path, users: int, kills: int
 ) -> None:
     settings = kafka_settings.model_copy(update=FAST)
     lines = list(generate(users=users, seed=5, start_ms=START, bad_ratio=0.0))
@@ -65,7 +64,7 @@ def test_kill_9_at_random_points_loses_no_trigger(
     assert run(produce(settings, lines)) == len(lines)
     seed = users * 31 + kills
     print(f"{len(lines)} events, {len(expected)} triggers expected, kill points seed {seed}")
-    worker = kill_at_random_points(settings, tmp_path, kills, random.Random(seed), longest=longest)
+    worker = kill_at_random_points(settings, tmp_path, len(lines), kills, random.Random(seed))
     try:
         result = wait_until_delivered(settings, expected, worker, timeout=600 + len(lines) / 100)
     finally:
