@@ -1,7 +1,8 @@
 """The entity stage's live adapter, without a broker: a batch of signals and marks is handled
 in order, its outputs are delivered before any record it changed is written, each record is
 written once per batch (in its partition's event context), and the next level's mark is sent
-last. The tables and topics are stand-ins that record what happens, in order."""
+after the signals it covers. The tables and topics are stand-ins that record what happens, in
+order."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from linkwatch.live_entities import (
     PACKED_MAX_BYTES,
     WAITING_PREFIX,
     LiveEntities,
+    SignalOutbox,
     bounded_runs,
     mark_message,
     pack_signals,
@@ -49,6 +51,10 @@ def recording_send(log: Log) -> Any:
         data = orjson.loads(message["value"])
         if isinstance(data, dict) and "signals" in data:  # packed: one entry per signal
             log.extend(("signal delivered", signal) for signal in data["signals"])
+            log.extend(
+                ("mark sent", {"mark": level, "from": source, "watermark": watermark})
+                for level, source, watermark in data.get("marks", ())
+            )
         else:
             log.append(("mark sent" if isinstance(data, dict) else "signal delivered", data))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -95,8 +101,8 @@ async def test_a_batch_delivers_its_outputs_then_writes_each_record_once() -> No
     # The progress the mark made follows the record, in the same changelog partition.
     assert progress == (progress_key(0), 0)
     delivered = log.index(("signal delivered", forwarded[0]))
-    assert delivered < records[0]
-    assert log[-1] == ("mark sent", {"mark": 3, "from": 0, "watermark": HOUR + 1})
+    marked = log.index(("mark sent", {"mark": 3, "from": 0, "watermark": HOUR + 1}))
+    assert delivered < marked < records[0]
     assert ("measures", 1) in log
 
 
@@ -278,3 +284,53 @@ def test_bounded_runs_stay_within_the_bound_and_keep_every_entry_once_in_order()
     runs = list(bounded_runs(entries, 8))
     assert [list(run) for run in runs] == [[0, 1], [2], [3], [4, 5]]  # 20 bytes: alone
     assert list(bounded_runs([], 8)) == []
+
+
+def sent_records(sent: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    return [(message["partition"], orjson.loads(message["value"])) for message in sent]
+
+
+def capturing_send(sent: list[dict[str, Any]]) -> Any:
+    async def send(**message: Any) -> asyncio.Future[None]:
+        sent.append(message)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    return send
+
+
+async def test_the_outbox_sends_one_record_per_partition_per_flush_signals_before_marks() -> None:
+    """However many batches and ticks filled it: each partition gets its signals in the order
+    added, then the newest mark of each (level, source), in one record."""
+    sent: list[dict[str, Any]] = []
+    outbox = SignalOutbox(capturing_send(sent), 2, lambda entity: int(entity.endswith("b")))
+    first, second, other = tally("a", 10, 1), tally("a", 20, 2), tally("b", 15, 3)
+    outbox.add_signals([first, other])
+    outbox.add_mark(2, 0, 100)
+    outbox.add_signals([second])
+    outbox.add_mark(2, 0, 200)
+    outbox.add_mark(2, 1, 150)
+    outbox.add_mark(2, 1, 120)  # older than the one held: it adds nothing
+    assert not sent  # held until the flush
+    await outbox.flush()
+    records = sent_records(sent)
+    assert [partition for partition, _ in records] == [0, 1]
+    marks = [[2, 0, 200], [2, 1, 150]]
+    assert records[0][1] == {"signals": [dump_signal(first), dump_signal(second)], "marks": marks}
+    assert records[1][1] == {"signals": [dump_signal(other)], "marks": marks}
+    await outbox.flush()
+    assert len(sent) == 2  # nothing held: nothing sent
+
+
+async def test_a_record_of_signals_and_marks_applies_the_signals_before_the_marks() -> None:
+    """As `test_a_batch_delivers_its_outputs_then_writes_each_record_once`, with the five
+    signals and the mark in one packed record: the mark closes the hour they fall in."""
+    log: Log = []
+    entities = live(log)
+    hits = [tally("a", 10 + n, n) for n in range(5)]
+    ((_, value),) = pack_signals(hits, lambda _: 0, {0: {(2, 0): HOUR + 1}})
+    await entities.on_batch([Event(0, 0, value)])
+    forwarded = [data for what, data in log if what == "signal delivered"]
+    assert [s[1] for s in forwarded] == ["total:all"]
+    assert ("mark sent", {"mark": 3, "from": 0, "watermark": HOUR + 1}) in log

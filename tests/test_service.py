@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from linkwatch import service
 from linkwatch.journeys import JourneySet
+from linkwatch.live_entities import SignalOutbox
 from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.service import (
@@ -567,3 +568,37 @@ async def test_states_are_written_once_per_commit_before_the_offsets_it_commits_
     assert ("state written", b"u2") not in log  # the next commit's
     await consumer.force_commit()
     assert log.count(("state written", b"u2")) == 1
+
+
+async def test_marks_wait_in_the_outbox_for_the_commit_and_go_before_the_states(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """Signals and marks for the entity stage are sent once per commit, not per batch or
+    tick, and before the states whose progress they report are written."""
+    journeys, log = live
+
+    async def send(**message: Any) -> asyncio.Future[None]:
+        log.append(("signals delivered", orjson.loads(message["value"])))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    journeys.signal_outbox = SignalOutbox(send, 1, lambda _: 0)
+    consumer = CommittingConsumer(log)
+    write_before_commits(consumer, [journeys])
+    click = raw(event_id="a", ts=at(0), page="cart")
+    await journeys.on_batch([message("events.click", 0, b"u1", click)])
+    await asyncio.sleep(1.1)  # idle_timeout: the other sources fall silent, the clock moves on
+    for _ in range(3):  # ticks: each has a mark to send
+        await journeys.on_batch([message("linkwatch.ticks", 0, None, b"")])
+    assert not [entry for entry in log if entry[0] == "signals delivered"]
+    consumer.acked.append(0)
+    consumer.done.set()
+    await consumer.force_commit()
+    ((what, record),) = [entry for entry in log if entry[0] == "signals delivered"]
+    ((level, source, watermark),) = record["marks"]
+    assert (level, source) == (2, 0)
+    assert watermark == journeys.processors[0].watermark
+    states = [i for i, (entry, _) in enumerate(log) if entry.startswith("state ")]
+    assert states  # the user's deadline passed (state deleted), and the partition's progress
+    assert log.index((what, record)) < states[0]

@@ -12,11 +12,13 @@ sends its signals before the mark that covers them, and both go to the same topi
 so when the mark arrives every signal it covers has arrived: the entity stage never decides
 before its inputs are in, however partitions lag each other.
 
-Signals travel packed: one record holds a batch's signals for one partition (`pack_signals`),
-the partition Kafka's default partitioner gives the entity. Delivery follows the journeys
-agent: outputs are delivered before the state that produced them is written (at the next
-offset commit), and marks are sent last. A crash repeats signals (same id: recognised while
-buffered, or refused as late once applied) and records (same id), never loses them.
+Signals and marks travel packed, through one `SignalOutbox` both agents share: they are held
+until the next write of states (each offset commit), then each signals partition gets one
+record with every signal for it (in the partition Kafka's default partitioner gives the
+entity), followed by the marks for it. Every signal thus arrives before any mark sent after
+it. Delivery follows the journeys agent: outputs are delivered before the state that produced
+them is written. A crash repeats signals (same id: recognised while buffered, or refused as
+late once applied) and records (same id), never loses them.
 """
 
 from __future__ import annotations
@@ -69,18 +71,39 @@ PACKED_MAX_BYTES: Final = 256 * 1024
 PartitionOf = Callable[[str], int]
 
 
-def pack_signals(signals: Iterable[Signal], partition_of: PartitionOf) -> list[tuple[int, bytes]]:
-    """Signals as records: (partition, value), each record holding the signals of one
-    partition in the order given, up to `PACKED_MAX_BYTES`. A record per signal cost a
-    produce and a consume each, over two records per input event."""
-    by_partition: dict[int, list[list[Any]]] = {}
+# (level, source partition) → the newest watermark marked for it.
+Marks = dict[tuple[int, int], int]
+
+
+def pack_signals(
+    signals: Iterable[Signal], partition_of: PartitionOf, marks: dict[int, Marks] | None = None
+) -> list[tuple[int, bytes]]:
+    """Signals and marks as records: (partition, value), each record holding the signals of
+    one partition in the order given, up to `PACKED_MAX_BYTES`, the partition's last record
+    then its marks. A record per signal cost a produce and a consume each, over two records
+    per input event; a record per mark and partition, one more per tick and partition."""
+    by_partition: dict[int, list[bytes]] = {}
     for sig in signals:
-        by_partition.setdefault(partition_of(sig.entity), []).append(dump_signal(sig))
+        by_partition.setdefault(partition_of(sig.entity), []).append(orjson.dumps(dump_signal(sig)))
+    return pack_encoded(by_partition, marks or {})
+
+
+def pack_encoded(
+    signals: dict[int, list[bytes]], marks: dict[int, Marks]
+) -> list[tuple[int, bytes]]:
+    """`pack_signals` of signals already encoded, by partition."""
     records = []
-    for partition, dumped in by_partition.items():
-        encoded = [orjson.dumps(item) for item in dumped]
-        for run in bounded_runs(encoded, PACKED_MAX_BYTES):
-            records.append((partition, _packed(encoded[run.start : run.stop])))
+    for partition in sorted(signals.keys() | marks.keys()):
+        encoded = signals.get(partition, [])
+        held = (
+            [[level, source, mark] for (level, source), mark in sorted(marks[partition].items())]
+            if partition in marks
+            else []
+        )
+        runs = list(bounded_runs(encoded, PACKED_MAX_BYTES)) or [range(0)]
+        for run in runs:
+            tail = held if run is runs[-1] else []
+            records.append((partition, _packed(encoded[run.start : run.stop], tail)))
     return records
 
 
@@ -97,28 +120,62 @@ def bounded_runs(entries: Sequence[bytes], max_bytes: int) -> Iterator[range]:
         yield range(start, len(entries))
 
 
-def _packed(encoded: list[bytes]) -> bytes:
-    return b'{"signals":[' + b",".join(encoded) + b"]}"
+def _packed(encoded: list[bytes], marks: list[list[int]]) -> bytes:
+    tail = b',"marks":' + orjson.dumps(marks) if marks else b""
+    return b'{"signals":[' + b",".join(encoded) + b"]" + tail + b"}"
 
 
-async def send_signals(send: Send, signals: Iterable[Signal], partition_of: PartitionOf) -> None:
-    """Publish signals packed per partition (`pack_signals`), and wait until the broker has
-    them all."""
-    messages = [
-        {"key": None, "value": value, "partition": partition, "force": True}
-        for partition, value in pack_signals(signals, partition_of)
-    ]
-    await deliver_all(send, messages)
+# Past this many bytes of held signals a batch sends them at once, not at the next write.
+OUTBOX_MAX_BYTES: Final = 4 * PACKED_MAX_BYTES
 
 
-async def send_marks(send: Send, partitions: int, level: int, source: int, watermark: int) -> None:
-    """Tell every entity partition that `source` has sent everything of `level` up to
-    `watermark`."""
-    value = mark_message(level, source, watermark)
-    messages = [
-        {"key": None, "value": value, "partition": q, "force": True} for q in range(partitions)
-    ]
-    await deliver_all(send, messages)
+@dataclass
+class SignalOutbox:
+    """Signals and marks for the signals topic, held until `flush` sends them: one record
+    per partition (`pack_signals`) per flush, however many batches and ticks added to it,
+    rather than one per batch and partition and one per mark and partition. Marks of one
+    (level, source) only move forward, so the newest stands for those before it.
+
+    Whoever writes states flushes first: the signals a state produced are delivered before
+    it is written. A mark is added after the signals it covers, and a flush sends signals
+    before marks, so no signal arrives after a mark that covers it."""
+
+    send: Send
+    partitions: int  # of the signals topic: a mark goes to each
+    partition_of: PartitionOf  # where an entity's signals go
+    signals: dict[int, list[bytes]] = field(default_factory=dict)
+    marks: dict[int, Marks] = field(default_factory=dict)
+    held_bytes: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # flushes go out in order
+
+    def add_signals(self, signals: Iterable[Signal]) -> None:
+        for sig in signals:
+            encoded = orjson.dumps(dump_signal(sig))
+            self.signals.setdefault(self.partition_of(sig.entity), []).append(encoded)
+            self.held_bytes += len(encoded)
+
+    def add_mark(self, level: int, source: int, watermark: int) -> None:
+        """`source` has sent everything of `level` up to `watermark`: tell every partition."""
+        for partition in range(self.partitions):
+            held = self.marks.setdefault(partition, {})
+            held[level, source] = max(watermark, held.get((level, source), watermark))
+
+    @property
+    def full(self) -> bool:
+        return self.held_bytes > OUTBOX_MAX_BYTES
+
+    async def flush(self) -> None:
+        """Send everything held, and wait until the broker has it all."""
+        async with self.lock:
+            if not self.signals and not self.marks:
+                return
+            records = pack_encoded(self.signals, self.marks)
+            self.signals, self.marks, self.held_bytes = {}, {}, 0
+            messages = [
+                {"key": None, "value": value, "partition": partition, "force": True}
+                for partition, value in records
+            ]
+            await deliver_all(self.send, messages)
 
 
 @dataclass
@@ -136,6 +193,8 @@ class LiveEntities:
     on_published: Callable[[list[EntityOutput]], None] = lambda _: None  # after delivery: /ui
     on_oversized: Callable[[str, int], None] = log_oversized  # (kind, bytes): too big to write
     flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
+    # Where its signals and marks wait (shared with the journeys agent); made if not given.
+    outbox: SignalOutbox = field(default=None)  # type: ignore[assignment]
     stages: dict[int, EntityStage] = field(default_factory=dict)
     stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
     # partition → level → upstream partition → latest mark
@@ -145,6 +204,10 @@ class LiveEntities:
     unwritten: dict[int, Any] = field(default_factory=dict)  # partition → one of its events
     progress_due: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        if self.outbox is None:
+            self.outbox = SignalOutbox(self.send_signal, self.partitions, self.partition_of)
 
     def stage(self, partition: int) -> EntityStage:
         found = self.stages.get(partition)
@@ -203,17 +266,18 @@ class LiveEntities:
 
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Handle Faust events of signals and marks in order; deliver every output of the
-        batch; then (at once, or with `write_on_commit` at the next offset commit) write
-        each changed record once, and each partition's progress, in the event context of
-        one of its records; send the marks for the next level last. A message that fails is
-        logged and skipped: a bug costs one signal, not the stream."""
+        batch (signals and the marks for the next level to the outbox); then (at once, or
+        with `write_on_commit` at the next offset commit) send what the outbox holds and
+        write each changed record once, and each partition's progress, in the event context
+        of one of its records. A message that fails is logged and skipped: a bug costs one
+        signal, not the stream."""
         async with self.lock:
             await self._on_batch(events)
 
     async def write_pending(self) -> None:
         """Write every record changed since the last write (see `on_batch`)."""
         async with self.lock:
-            await self._write()
+            await self.write_held()
 
     async def write_held(self) -> None:
         """`write_pending` for a caller that holds `lock`."""
@@ -231,21 +295,32 @@ class LiveEntities:
                 data = orjson.loads(message.value)
                 if isinstance(data, dict) and "signals" in data:
                     self._offer_all(stage, data["signals"], message)
-                elif isinstance(data, dict):
-                    if self._on_mark(partition, stage, data, outputs, higher_marks):
+                    for level, source, watermark in data.get("marks", ()):
+                        mark = (level, source, watermark)
+                        if self._on_mark(partition, stage, mark, outputs, higher_marks):
+                            self.progress_due.add(partition)
+                elif isinstance(data, dict):  # a mark alone, as versions before the outbox
+                    mark = (data["mark"], data["from"], data["watermark"])
+                    if self._on_mark(partition, stage, mark, outputs, higher_marks):
                         self.progress_due.add(partition)
                 else:
                     self.on_offered(stage.offer(load_signal(data)))
             except Exception:
                 log.exception("signal %s/%d@%d failed", message.topic, partition, message.offset)
         await self._deliver(outputs)
-        # Only now: everything the batch caused is delivered.
-        if not self.write_on_commit:
-            await self._write()
+        # After the signals they cover (`_deliver` put them in the outbox).
         for level, source, watermark in higher_marks:
-            await send_marks(self.send_signal, self.partitions, level, source, watermark)
+            self.outbox.add_mark(level, source, watermark)
+        # Only now: everything the batch caused is delivered, or held in the outbox.
+        if not self.write_on_commit:
+            await self.write_held()
+        elif self.outbox.full:
+            await self.outbox.flush()
 
     async def _write(self) -> None:
+        # The signals and marks the records' changes produced go first.
+        await self.outbox.flush()
+
         def write(partition: int) -> int:
             store, stage = self.stores.get(partition), self.stages.get(partition)
             if store is None or stage is None:
@@ -277,13 +352,14 @@ class LiveEntities:
         self,
         partition: int,
         stage: EntityStage,
-        mark: dict[str, Any],
+        mark: tuple[Any, Any, Any],
         outputs: list[EntityOutput],
         higher_marks: list[tuple[int, int, int]],
     ) -> bool:
-        """Apply a mark: what it lets the stage decide joins `outputs`, the mark it earns for
-        the next level joins `higher_marks`. Whether the partition's progress changed."""
-        level, source, watermark = int(mark["mark"]), int(mark["from"]), int(mark["watermark"])
+        """Apply a mark, (level, source, watermark): `source` has sent everything of `level`
+        up to `watermark`. What it lets the stage decide joins `outputs`, the mark it earns
+        for the next level joins `higher_marks`. Whether the partition's progress changed."""
+        level, source, watermark = (int(part) for part in mark)
         if level not in stage.watermarks:
             return False
         sources = self.marks.setdefault(partition, {}).setdefault(level, {})
@@ -318,7 +394,7 @@ class LiveEntities:
         await deliver_all(self.send_health, by_topic["health"])
         await deliver_all(self.send_profile, by_topic["profiles"])
         self.on_published(outputs)
-        await send_signals(self.send_signal, signals, self.partition_of)
+        self.outbox.add_signals(signals)
         if measures:
             self.on_measures(measures)
 

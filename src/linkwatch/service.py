@@ -62,7 +62,7 @@ from linkwatch.event_context import write_partitions
 from linkwatch.events import Event, parse_ts
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
-from linkwatch.live_entities import LiveEntities, PartitionOf, send_marks, send_signals
+from linkwatch.live_entities import LiveEntities, PartitionOf, SignalOutbox
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
@@ -132,7 +132,8 @@ class LiveJourneys:
     committed: Any = None  # (TP) -> offset committed for it (the next to handle), or None
     user_key: bytes = b""  # of `user_ref`, for log lines about one user's record
     assigned: Callable[[], set[int]] | None = None  # partitions this worker owns now
-    signals_topic: Any = None  # where signals for the entity stage go (None: no entity stage)
+    # Where signals and marks for the entity stage wait to be sent (None: no entity stage).
+    signal_outbox: SignalOutbox | None = None
     features: Features = field(init=False)
     marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
     saved: dict[int, int | None] = field(default_factory=dict)  # partition → watermark saved
@@ -149,7 +150,6 @@ class LiveJourneys:
     unwritten: dict[int, EventT[Any]] = field(default_factory=dict)
     progress_due: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # a batch, or a write: never both
-    signal_partition: PartitionOf = field(init=False)  # where an entity's signals go
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -158,7 +158,6 @@ class LiveJourneys:
         self.kind_of_topic = {topic: kind for kind, topic in self.settings.input_topics.items()}
         self.user_key = user_ref_key(self.settings)
         self.batch_limits = self.settings.batch_limits
-        self.signal_partition = signal_partitioner(self.settings.partitions)
 
     def reload(self, journeys: JourneySet) -> None:
         """Run `journeys` from now on. Each loaded partition switches in its own event context,
@@ -289,17 +288,19 @@ class LiveJourneys:
         if outputs:
             self.metrics.count_outputs(outputs)
             await self._publish(outputs, now)
-            if self.signals_topic is not None:
-                signals = derive_signals(outputs, self.features)
-                await send_signals(self.signals_topic.send, signals, self.signal_partition)
-        # Only now, with every trigger delivered, may the states that produced them be written.
+            if self.signal_outbox is not None:
+                self.signal_outbox.add_signals(derive_signals(outputs, self.features))
+        for partition in sorted(ticked):  # after the signals they cover
+            ticked_processor = self.processors.get(partition)
+            if ticked_processor is not None:
+                self._mark(partition, ticked_processor, now)
+        # Only now, with every trigger delivered, may the states that produced them be written
+        # (their signals first: `_write`).
         self.progress_due |= ticked
         if not self.write_on_commit:
             await self._write(now)
-        for partition in sorted(ticked):
-            ticked_processor = self.processors.get(partition)
-            if ticked_processor is not None:
-                await self._mark(partition, ticked_processor, now)
+        elif self.signal_outbox is not None and self.signal_outbox.full:
+            await self.signal_outbox.flush()
 
     async def write_pending(self) -> None:
         """Write every state changed since the last write (see `on_batch`)."""
@@ -311,6 +312,9 @@ class LiveJourneys:
         await self._write(wall_ms())
 
     async def _write(self, now: int) -> None:
+        if self.signal_outbox is not None:
+            await self.signal_outbox.flush()
+
         def write(partition: int) -> int:
             loaded = self.processors.get(partition)
             if loaded is None:
@@ -337,10 +341,10 @@ class LiveJourneys:
         )
         return retired
 
-    async def _mark(self, partition: int, processor: PartitionProcessor, now: int) -> None:
+    def _mark(self, partition: int, processor: PartitionProcessor, now: int) -> None:
         """Tell the entity stage how far this partition's signals are complete: everything up
-        to the watermark has been applied, and its signals delivered."""
-        if self.signals_topic is None:
+        to the watermark has been applied, and its signals are in the outbox before it."""
+        if self.signal_outbox is None:
             return
         watermark = processor.watermark
         if watermark is None and processor.max_ts is None:
@@ -351,9 +355,7 @@ class LiveJourneys:
             watermark = now - idle if now - started >= idle else None
         if watermark is None or watermark <= self.marked.get(partition, watermark - 1):
             return
-        await send_marks(
-            self.signals_topic.send, self.settings.partitions, ENTITY_LEVEL, partition, watermark
-        )
+        self.signal_outbox.add_mark(ENTITY_LEVEL, partition, watermark)
         self.marked[partition] = watermark
 
     def _on_record(
@@ -730,7 +732,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     live.on_published = ui.on_outputs
     entities = _entity_stage(app, settings, journeys, metrics, watermarks)
     if entities is not None:
-        live.signals_topic = entities.signals_topic
+        live.signal_outbox = entities.live.outbox
         linkwatch.entities = entities.live
         entities.live.on_published = ui.on_entity_outputs
     # Read at scrape time (in the event loop, like every state change).
