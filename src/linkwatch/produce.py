@@ -135,6 +135,7 @@ async def produce(
     rate: float | None = None,
     on_sent: Callable[[int], None] | None = None,
     batch: int = 1,
+    linger_ms: int = 5,
 ) -> int:
     """Send every record (see `route`), at `rate` records/s when given, else as fast as
     possible; return once all are acknowledged, with their count. `on_sent` is told the running
@@ -143,14 +144,17 @@ async def produce(
     With `batch` > 1, consecutive records of one user on one topic go out together, up to
     `batch` a Kafka record and `settings.batch_record_max_bytes` (see `Batcher`); `rate` and
     the counts are still of the records given. A record may then wait for the next one (at
-    most `batch` records at `rate`) to see whether it joins its batch."""
+    most `batch` records at `rate`) to see whether it joins its batch.
+
+    `linger_ms` is how long the producer waits to fill a Kafka batch (of records, whatever
+    `batch` is): longer means fewer, larger produce requests."""
     pacer = Pacer(rate) if rate is not None else None
     batcher = Batcher(batch, settings.batch_record_max_bytes)
     producer = AIOKafkaProducer(
         **settings.aiokafka_options(),
         client_id=f"{settings.app_id}-producer",
         acks="all",
-        linger_ms=5,
+        linger_ms=linger_ms,
         enable_idempotence=False,
         # aiokafka's default (1 MiB) refuses a larger record; the broker may allow one.
         max_request_size=max(1024 * 1024, settings.batch_record_max_bytes + 64 * 1024),

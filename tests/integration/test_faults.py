@@ -198,6 +198,12 @@ def test_the_worker_rides_out_a_broker_outage(tmp_path: Path, users: int, outage
 # 1,412 records/s ran into the present after 400 s, and every record after that was rejected as
 # from the future: the worker had nothing left to do).
 SOAK_START = 946_771_200_000
+# The load generator fills batches for this long. Tansu's memory engine lists every batch of a
+# partition on each fetch that returns records (bench/tansu_fetch.py: about 0.9 ms of broker CPU
+# per 1,000 batches stored), so at 5 ms, one batch per record at this rate, the broker's cost per
+# fetch grew all along the 15-minute soak until it took a whole core and the worker's lag and
+# buffers grew with it. Collectors batch on the wire too; the worker does not see the difference.
+SOAK_LINGER_MS = 100
 DAY_MS = 86_400_000
 
 
@@ -265,7 +271,7 @@ def test_a_soak_at_half_the_maximum_rate_keeps_memory_lag_and_state_bounded(
                 produced[0] = len(backlog) + n
 
             soak = itertools.islice(traffic, int(rate * minutes * 60))
-            run(produce(settings, soak, rate=rate, on_sent=count))
+            run(produce(settings, soak, rate=rate, on_sent=count, linger_ms=SOAK_LINGER_MS))
 
         sender = threading.Thread(target=send, daemon=True)
         samples: list[Sample] = []
