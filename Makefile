@@ -76,11 +76,23 @@ schemas: install
 sample: install
 	$(BIN)/linkwatch simulate --out $(SAMPLE) --users 1500 --seed 7 --start 1732233600000
 
-bench: install
+# Quix Streams (a bench contender) pins its own Kafka client, so it gets a venv of its own.
+QUIX_VENV  := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed-stamp
+$(QUIX_STAMP): bench/requirements-quix.txt
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-quix.txt
+	touch $(QUIX_STAMP)
+
+## bench: every contender on the same topic in one run (raw aiokafka, Quix Streams, Faust
+## no-op / take / naive Table, the LinkWatch worker, replay), then deadline latency, then
+## replay beside its floor; tables on stdout, JSON in bench/results/. Not part of `make test`.
+bench: install $(QUIX_STAMP)
+	$(BIN)/python bench/service.py --events 200000
 	$(BIN)/python bench/engine.py
 
 bench-service: install
 	$(BIN)/python bench/service.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(QUIX_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,7 +1,8 @@
 """The live worker on a real broker: throughput beside its floors, and deadline → trigger delay.
 
     .venv/bin/python bench/service.py [--events 100000] [--skip-throughput] [--skip-latency]
-        [--latency-users 200] [--batch N] [--trickle-seconds 20] [--trickle-rate 40]
+        [--latency-users 200] [--batch N] [--trickle-seconds 20] [--trickle-rate half|N]
+        [--dead-end-probes 20]
         [--lateness 10s] [--profile-worker] [--keep-logs] [--out bench/results/service.json]
 
 Everything runs in one go on an embedded Tansu broker this script starts (and stops, on every
@@ -9,13 +10,19 @@ exit path, with every process it started).
 
 Throughput. The input (the REES46 slice in ../shared/data converted by `linkwatch.datasets` and
 amplified into distinct populations, or simulated traffic when it is missing) is produced first
-to the 4 input topics (4 partitions each, routed by `linkwatch.produce`). Then three consumers
-read all of it from the beginning, one after the other, each in its own process, consumer group
-and app id:
+to the 4 input topics (4 partitions each, routed by `linkwatch.produce`). Then each contender
+reads all of it from the beginning, one after the other, each in its own process, consumer
+group and app id:
 
-  raw aiokafka    a consumer group, orjson.loads + dict update by user_id per record: the floor
-  no-op Faust     an agent over the same 4 topics (raw bytes), `stream.events()`, counting only
-  LinkWatch       `python -m linkwatch.worker` (own triggers, dead-letter and tick topics)
+  raw aiokafka       a consumer group, orjson.loads + dict update by user_id per record: the floor
+  Quix Streams       3.28, stateful count per key (RocksDB state + changelog), in .venv-quix
+                     (bench/quix_count.py; skipped with a note when .venv-quix is missing)
+  no-op Faust        an agent over the same 4 topics (raw bytes), `stream.events()`, counting
+                     only; on asyncio and on uvloop (bench/noop_faust.py)
+  Faust take(2000)   the same agent batching its loop with `stream.take(2000, within=0.1)`
+  naive Faust+Table  parse each record and add one to a Table entry per user (changelogged)
+  LinkWatch          `python -m linkwatch.worker` (own triggers, dead-letter and tick topics)
+  linkwatch replay   the same records from bytes in memory, in this process, one core
 
 The two helpers time themselves from their first record to their last. The worker is timed
 from outside: /metrics is scraped every 0.25 s and events/s is (records counted after the first
@@ -27,8 +34,12 @@ VmHWM in /proc/<pid>/status, and the broker's CPU over each window is reported b
 Deadline → trigger delay. A fresh worker (idle_timeout 2 s, tick interval 250 ms) gets N cart
 clicks from distinct users whose 30-minute checkout budget runs out at moments spread from
 now+5 s to now+25 s (event time = deadline - 30 min), then a trickle of unrelated product views
-in real time on the same partitions for --trickle-seconds, then silence. A consumer of the
-triggers topic notes the wall clock at which each drop-off arrives; delay = arrival - deadline.
+in real time on the same partitions for --trickle-seconds, then silence. The trickle runs at
+half the worker's throughput measured just before (`--trickle-rate half`, the issue's load), or
+at a given rate. A consumer of the triggers topic notes the wall clock at which each drop-off
+arrives; delay = arrival - deadline. Inside the trickle, --dead-end-probes per second are clicks
+whose landing failed (status 404): each fires a dead-end trigger at once, and event -> immediate
+trigger is the wall clock from handing it to the producer to its trigger's arrival.
 With the default journeys' allowed lateness L = 10 s, three paths fire a deadline d:
 
   event-driven  the trickle is still running at d + L: fires when an event stamped d + L is read
@@ -83,6 +94,7 @@ from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.datasets import amplify, rees46_events
 from linkwatch.journeys import load_journeys, parse_duration
 from linkwatch.produce import produce, route
+from linkwatch.replay import replay_lines, tune_gc_for_throughput
 from linkwatch.settings import Settings
 from linkwatch.simulate import generate
 from linkwatch.suppression import in_holdout
@@ -95,6 +107,22 @@ ROOT = Path(__file__).resolve().parents[1]
 REES46 = ROOT.parent / "shared" / "data" / "rees46_2019oct_head.csv"
 RESULTS = ROOT / "bench" / "results" / "service.json"
 NOOP_FAUST = Path(__file__).with_name("noop_faust.py")
+QUIX_COUNT = Path(__file__).with_name("quix_count.py")
+# Quix Streams pins its own client stack (confluent-kafka), so it lives in a venv of its own.
+QUIX_PYTHON = Path(__file__).resolve().parents[1] / ".venv-quix" / "bin" / "python"
+RAW = "raw aiokafka (orjson + dict)"
+QUIX = "Quix Streams count (RocksDB)"
+NOOP_ASYNCIO = "no-op Faust agent (asyncio)"
+NOOP_UVLOOP = "no-op Faust agent (uvloop)"
+NAIVE_TABLE = "naive Faust+Table (uvloop)"
+REPLAY = "linkwatch replay (1 core)"
+# (name, noop_faust.py mode, event loop): the issue's Faust peers.
+FAUST_PEERS = [
+    (NOOP_ASYNCIO, "noop", "asyncio"),
+    (NOOP_UVLOOP, "noop", "uvloop"),
+    ("Faust take(2000) (asyncio)", "take", "asyncio"),
+    (NAIVE_TABLE, "table", "uvloop"),
+]
 
 PARTITIONS = 4
 SCRAPE_INTERVAL = 0.25  # seconds between /metrics scrapes of the worker
@@ -485,6 +513,7 @@ def throughput(
     sent = asyncio.run(produce(settings, records, batch=args.batch))
     produce_s = time.perf_counter() - started
     print(f"produced {sent:,} records in {produce_s:.1f} s ({sent / produce_s:,.0f}/s)")
+    replayed = records if args.batch == 1 else []
     del records
     print_header()
     broker_pid = broker.pid
@@ -494,7 +523,7 @@ def throughput(
     # The per-record contenders count Kafka records: with batch records they would wait for
     # more records than there are. Only the worker (it counts events) runs then.
     if args.batch == 1:
-        name = "raw aiokafka (orjson + dict)"
+        name = RAW
         out = work / "raw"
         out.mkdir()
         spec = {
@@ -514,26 +543,47 @@ def throughput(
         results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
         print_row(name, results[name])
 
-        name = "no-op Faust agent"
-        out = work / "faust"
-        out.mkdir()
-        spec = {
-            "broker": settings.faust_broker,
-            "app_id": f"bench-noop-{tag}",
-            "topics": inputs,
-            "partitions": PARTITIONS,
-            "expected": sent,
-            "session_timeout": settings.session_timeout,
-            "heartbeat_interval": settings.heartbeat_interval,
-            "request_timeout": settings.broker_request_timeout,
-            "commit_interval": settings.commit_interval,
-            "datadir": str(out / "data"),
-            "out": str(out),
-        }
-        (out / "spec.json").write_bytes(orjson.dumps(spec))
-        command = [sys.executable, str(NOOP_FAUST), str(out / "spec.json")]
-        results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
-        print_row(name, results[name])
+        if QUIX_PYTHON.exists():
+            name = QUIX
+            out = work / "quix"
+            out.mkdir()
+            spec = {
+                "bootstrap": broker.bootstrap,
+                "topics": inputs,
+                "group": f"bench-quix-{tag}",
+                "expected": sent,
+                "state_dir": str(out / "state"),
+                "out": str(out),
+            }
+            (out / "spec.json").write_bytes(orjson.dumps(spec))
+            command = [str(QUIX_PYTHON), str(QUIX_COUNT), str(out / "spec.json")]
+            results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
+            print_row(name, results[name])
+        else:
+            print(f"{QUIX}: not installed ({QUIX_PYTHON}); `make bench` installs it")
+
+        for name, mode, loop in FAUST_PEERS:
+            out = work / f"faust-{mode}-{loop}"
+            out.mkdir()
+            spec = {
+                "broker": settings.faust_broker,
+                "app_id": f"bench-{mode}-{loop}-{tag}",
+                "topics": inputs,
+                "partitions": PARTITIONS,
+                "expected": sent,
+                "mode": mode,
+                "loop": loop,
+                "session_timeout": settings.session_timeout,
+                "heartbeat_interval": settings.heartbeat_interval,
+                "request_timeout": settings.broker_request_timeout,
+                "commit_interval": settings.commit_interval,
+                "datadir": str(out / "data"),
+                "out": str(out),
+            }
+            (out / "spec.json").write_bytes(orjson.dumps(spec))
+            command = [sys.executable, str(NOOP_FAUST), str(out / "spec.json")]
+            results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
+            print_row(name, results[name])
 
     name = "LinkWatch worker"
     profile = work / "worker.prof" if args.profile_worker else None
@@ -544,14 +594,27 @@ def throughput(
     print_row(name, results[name])
     by_package = print_profile(profile) if profile is not None else None
 
-    raw, noop, live = (
-        results.get(name, {}).get("events_per_s")
-        for name in ("raw aiokafka (orjson + dict)", "no-op Faust agent", "LinkWatch worker")
-    )
+    name = REPLAY
+    results[name] = replay_throughput(replayed)
+    print_row(name, results[name])
+
+    def rate(contender: str) -> float | None:
+        value = results.get(contender, {}).get("events_per_s")
+        return float(value) if value else None
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = rate(a), rate(b)
+        return x / y if x and y else None
+
+    worker = "LinkWatch worker"
     ratios = {
-        "worker / no-op Faust": live / noop if live and noop else None,
-        "worker / raw aiokafka": live / raw if live and raw else None,
-        "no-op Faust / raw aiokafka": noop / raw if noop and raw else None,
+        "worker / no-op Faust (uvloop)": ratio(worker, NOOP_UVLOOP),
+        "worker / no-op Faust (asyncio)": ratio(worker, NOOP_ASYNCIO),
+        "worker / naive Faust+Table (uvloop)": ratio(worker, NAIVE_TABLE),
+        "worker / Quix Streams count": ratio(worker, QUIX),
+        "worker / raw aiokafka": ratio(worker, RAW),
+        "replay / raw aiokafka": ratio(REPLAY, RAW),
+        "no-op Faust (uvloop) / raw aiokafka": ratio(NOOP_UVLOOP, RAW),
     }
     for label, value in ratios.items():
         print(f"  {label:<28} {value:.3f}" if value is not None else f"  {label}: n/a")
@@ -570,6 +633,34 @@ def throughput(
     }
 
 
+def replay_throughput(records: list[bytes]) -> dict[str, Any]:
+    """`linkwatch replay` over the same records, from bytes in memory, in this process on one
+    core: decoding, validation, journeys and deadlines, with every trigger serialised."""
+    journeys = load_journeys()
+    tune_gc_for_throughput()
+    triggers = [0]
+
+    def on_trigger(trigger: Any) -> None:
+        orjson.dumps(trigger.model_dump(mode="json"))
+        triggers[0] += 1
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = replay_lines(records, journeys, on_trigger=on_trigger, close_open=True)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    events = result.report.read
+    return {
+        "events": events,
+        "seconds": wall,
+        "events_per_s": events / cpu if cpu > 0 else None,  # per CPU second: one core
+        "cpu_s": cpu,
+        "cpu_total_s": None,
+        "peak_rss_mb": None,  # shares this process
+        "startup_s": 0.0,
+        "broker_cpu_s": None,
+        "triggers": triggers[0],
+    }
+
+
 def print_header() -> None:
     print(
         f"{'contender':<30}{'events':>9}{'seconds':>9}{'events/s':>10}{'cpu s':>8}"
@@ -579,7 +670,8 @@ def print_header() -> None:
 
 def print_row(name: str, r: dict[str, Any]) -> None:
     def num(value: Any, spec: str) -> str:
-        return format(value, spec) if value is not None else "-"
+        width = spec.lstrip(">").split(".")[0].split(",")[0]
+        return format(value, spec) if value is not None else format("-", f">{width}")
 
     print(
         f"{name:<30}{r['events']:>9,}{r['seconds']:>9.2f}{num(r['events_per_s'], '>10,.0f')}"
@@ -665,9 +757,20 @@ async def wait_ready(child: Child, url: str) -> None:
         await asyncio.sleep(0.2)
 
 
+def trickle_rate(option: str, measured: dict[str, Any] | None) -> float:
+    """The trickle's events/s: a number, or half the worker's throughput measured just before
+    (the issue's "half of the measured maximum rate")."""
+    if option != "half":
+        return float(option)
+    worker = (measured or {}).get("contenders", {}).get("LinkWatch worker", {})
+    rate = worker.get("events_per_s")
+    return float(rate) / 2 if rate else 40.0
+
+
 async def latency(
     broker: EmbeddedBroker,
     args: argparse.Namespace,
+    rate: float,
     work: Path,
     stack: contextlib.ExitStack,
 ) -> dict[str, Any]:
@@ -755,15 +858,20 @@ async def latency(
 
         # The trickle: product views in real time, on every partition, then silence.
         trickle_ms = round(args.trickle_seconds * 1000)
-        interval = 1 / args.trickle_rate
+        interval = 1 / rate
+        # Every `probe_every`-th record is a dead-end click (its landing failed): it fires a
+        # trigger at once, so arrival - send is event -> immediate trigger under this load.
+        probe_every = max(1, round(rate / args.dead_end_probes)) if args.dead_end_probes else 0
+        probes: dict[str, float] = {}  # probe user -> wall ms when handed to the producer
+        trickle_users = max(TRICKLE_USERS, round(rate))
         trickle = []
         began = wall_ms()
         due_at = time.monotonic()
         k = 0
         while wall_ms() < began + trickle_ms:
-            user = f"{tag}-trickle-{k % TRICKLE_USERS:02d}"
+            user = f"{tag}-trickle-{k % trickle_users:04d}"
             ts = wall_ms()
-            view = {
+            view: dict[str, Any] = {
                 "kind": "click",
                 "event_id": f"{tag}-view-{k}",
                 "user_id": user,
@@ -773,6 +881,10 @@ async def latency(
                 "url": "https://shop.example/p/1001",
                 "page": "product",
             }
+            if probe_every and k % probe_every == 0:
+                user = view["user_id"] = f"{tag}-probe-{k}"
+                view["landing_status"] = 404
+                probes[user] = time.time() * 1000
             trickle.append((ts, await producer.send(click, orjson.dumps(view), key=user.encode())))
             k += 1
             due_at += interval
@@ -786,7 +898,9 @@ async def latency(
         # Wait for every drop-off (or give up well after the last one should have fired).
         give_up = max(deadlines.values()) + max(lateness, idle) + 30_000
         while wall_ms() < give_up:
-            if len(dropoffs(received, deadlines)) >= n:
+            if len(dropoffs(received, deadlines)) >= n and len(
+                first_triggers(received, probes, "dead_end")
+            ) >= len(probes) - sum(in_holdout(u, HOLDOUT_PERCENT) for u in probes):
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # anything unexpected would show up now
@@ -807,7 +921,8 @@ async def latency(
         last_event,
         lateness=lateness,
         idle=idle,
-        trickle=(began, k, args.trickle_rate),
+        trickle=(began, k, rate),
+        probes=probes,
         samples=samples or {},
         probe=probe,
     )
@@ -871,15 +986,22 @@ async def fetch_delay_probe(
     return found
 
 
-def dropoffs(received: list[tuple[float, bytes]], deadlines: dict[str, int]) -> dict[str, Any]:
-    """First arrival of each of our carts' drop-off triggers, by user."""
+def first_triggers(
+    received: list[tuple[float, bytes]], users: dict[str, Any], kind: str
+) -> dict[str, Any]:
+    """First arrival of each of `users`' triggers of type `kind`, by user."""
     found: dict[str, Any] = {}
     for at, value in received:
         trigger = orjson.loads(value)
         user = trigger.get("user_id")
-        if trigger.get("type") == "dropoff" and user in deadlines and user not in found:
+        if trigger.get("type") == kind and user in users and user not in found:
             found[user] = (at, trigger)
     return found
+
+
+def dropoffs(received: list[tuple[float, bytes]], deadlines: dict[str, int]) -> dict[str, Any]:
+    """First arrival of each of our carts' drop-off triggers, by user."""
+    return first_triggers(received, deadlines, "dropoff")
 
 
 def analyse(
@@ -893,8 +1015,12 @@ def analyse(
     trickle: tuple[int, int, float],
     samples: dict[str, float],
     probe: dict[str, Any],
+    probes: dict[str, float],
 ) -> dict[str, Any]:
     found = dropoffs(received, deadlines)
+    dead_ends = first_triggers(received, probes, "dead_end")
+    immediate = [at - probes[user] for user, (at, _) in dead_ends.items()]
+    unanswered = [user for user in probes if user not in dead_ends]
     classes: dict[str, dict[str, list[float]]] = {
         name: {"delay": [], "over": [], "floor": []} for name in ("event", "held", "quiet")
     }
@@ -953,6 +1079,14 @@ def analyse(
                 "above_floor_ms": percentiles(c["over"]),
             }
             for name, c in classes.items()
+        },
+        "immediate": {
+            "probes": len(probes),
+            "received": len(dead_ends),
+            "held_out": sum(in_holdout(u, HOLDOUT_PERCENT) for u in unanswered),
+            "missing": sum(not in_holdout(u, HOLDOUT_PERCENT) for u in unanswered),
+            # wall ms from handing the event to the producer to the trigger at a consumer
+            "event_to_trigger_ms": percentiles(immediate),
         },
         "worker_fire_delay_histogram": worker_view,
         "broker_delivery_ms": probe,
@@ -1014,6 +1148,13 @@ def print_latency(r: dict[str, Any]) -> None:
             f"p50 {ms(p['p50'])} ms, max {ms(p['max'])} ms"
             + (" (Faust's setting: every worker input and tick)" if "1500" in name else "")
         )
+    i = r["immediate"]
+    e = i["event_to_trigger_ms"]
+    print(
+        f"\nevent -> immediate (dead-end) trigger, inside the {t['rate_per_s']:,.0f}/s trickle: "
+        f"{i['received']}/{i['probes']} received ({i['held_out']} held out, {i['missing']} "
+        f"missing): p50 {ms(e['p50'])} ms, p99 {ms(e['p99'])} ms, max {ms(e['max'])} ms"
+    )
     if r["held_out"]:
         print(f"  {r['held_out']} drop-offs withheld: their users are in the holdout (expected)")
     if r["missing"]:
@@ -1057,7 +1198,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-users", type=int, default=200, help="carts (latency)")
     parser.add_argument("--trickle-seconds", type=float, default=20.0)
-    parser.add_argument("--trickle-rate", type=float, default=40.0, help="events/s")
+    parser.add_argument(
+        "--trickle-rate",
+        default="half",
+        help="events/s of the real-time trickle, or `half`: half the worker's events/s measured "
+        "by the throughput part (40/s when it is skipped)",
+    )
+    parser.add_argument(
+        "--dead-end-probes",
+        type=float,
+        default=20.0,
+        help="dead-end clicks per second inside the trickle (event -> immediate trigger)",
+    )
     parser.add_argument(
         "--lateness", default=None, help="override the journeys' allowed lateness (e.g. 2s)"
     )
@@ -1070,7 +1222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("--raw-consumer", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.events < 1 or args.latency_users < 1 or args.trickle_rate <= 0:
+    if args.trickle_rate != "half":
+        try:
+            float(args.trickle_rate)
+        except ValueError:
+            parser.error("--trickle-rate takes a number of events/s or `half`")
+    if args.events < 1 or args.latency_users < 1 or args.trickle_rate in ("0", "-"):
         parser.error("--events, --latency-users and --trickle-rate must be positive")
     if args.lateness:
         parse_duration(args.lateness)
@@ -1100,7 +1257,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_throughput:
                 result["throughput"] = throughput(broker, args, work, stack)
             if not args.skip_latency:
-                result["latency"] = asyncio.run(latency(broker, args, work, stack))
+                rate = trickle_rate(args.trickle_rate, result["throughput"])
+                result["latency"] = asyncio.run(latency(broker, args, rate, work, stack))
                 print_latency(result["latency"])
         ok = True
     finally:
