@@ -47,7 +47,7 @@ test: install tools lint typecheck audit
 	$(BIN)/pytest
 
 ## faults: the long fault suites (200k events and 5 kill -9s, a rebalance, a 30 s broker
-## outage, a 15-minute soak, 100k fuzzed records); about an hour
+## outage, a 15-minute soak, 100k fuzzed records); about 30 minutes here
 faults: install
 	$(BIN)/pytest --faults -m faults -p no:cacheprovider -s
 
