@@ -523,49 +523,31 @@ def throughput(
     # The per-record contenders count Kafka records: with batch records they would wait for
     # more records than there are. Only the worker (it counts events) runs then.
     if args.batch == 1:
-        name = RAW
-        out = work / "raw"
-        out.mkdir()
-        spec = {
-            "bootstrap": broker.bootstrap,
-            "topics": inputs,
-            "group": f"bench-raw-{tag}",
-            "expected": sent,
-            "out": str(out),
-        }
-        (out / "spec.json").write_bytes(orjson.dumps(spec))
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--raw-consumer",
-            str(out / "spec.json"),
-        ]
-        results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
-        print_row(name, results[name])
 
-        if QUIX_PYTHON.exists():
-            name = QUIX
-            out = work / "quix"
+        def contender(name: str, directory: str, spec: dict[str, Any], command: list[str]) -> None:
+            """Run one helper on its spec (given as the command's last argument), print it."""
+            out = work / directory
             out.mkdir()
-            spec = {
-                "bootstrap": broker.bootstrap,
-                "topics": inputs,
-                "group": f"bench-quix-{tag}",
-                "expected": sent,
-                "state_dir": str(out / "state"),
-                "out": str(out),
-            }
-            (out / "spec.json").write_bytes(orjson.dumps(spec))
-            command = [str(QUIX_PYTHON), str(QUIX_COUNT), str(out / "spec.json")]
+            (out / "spec.json").write_bytes(orjson.dumps(spec | {"out": str(out)}))
+            command = [*command, str(out / "spec.json")]
             results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
             print_row(name, results[name])
+
+        group = {"bootstrap": broker.bootstrap, "topics": inputs, "expected": sent}
+        raw_spec = group | {"group": f"bench-raw-{tag}"}
+        contender(
+            RAW, "raw", raw_spec, [sys.executable, str(Path(__file__).resolve()), "--raw-consumer"]
+        )
+        if QUIX_PYTHON.exists():
+            quix_spec = group | {
+                "group": f"bench-quix-{tag}",
+                "state_dir": str(work / "quix-state"),
+            }
+            contender(QUIX, "quix", quix_spec, [str(QUIX_PYTHON), str(QUIX_COUNT)])
         else:
             print(f"{QUIX}: not installed ({QUIX_PYTHON}); `make bench` installs it")
-
         for name, mode, loop in FAUST_PEERS:
-            out = work / f"faust-{mode}-{loop}"
-            out.mkdir()
-            spec = {
+            faust_spec = {
                 "broker": settings.faust_broker,
                 "app_id": f"bench-{mode}-{loop}-{tag}",
                 "topics": inputs,
@@ -577,13 +559,9 @@ def throughput(
                 "heartbeat_interval": settings.heartbeat_interval,
                 "request_timeout": settings.broker_request_timeout,
                 "commit_interval": settings.commit_interval,
-                "datadir": str(out / "data"),
-                "out": str(out),
+                "datadir": str(work / f"faust-{mode}-{loop}-data"),
             }
-            (out / "spec.json").write_bytes(orjson.dumps(spec))
-            command = [sys.executable, str(NOOP_FAUST), str(out / "spec.json")]
-            results[name] = run_helper(name, command, out, sent, timeout, broker_pid, stack)
-            print_row(name, results[name])
+            contender(name, f"faust-{mode}-{loop}", faust_spec, [sys.executable, str(NOOP_FAUST)])
 
     name = "LinkWatch worker"
     profile = work / "worker.prof" if args.profile_worker else None
