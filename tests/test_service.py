@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from faust.streams import current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from prometheus_client import CollectorRegistry
 
 from linkwatch import service
@@ -24,6 +25,7 @@ from linkwatch.logs import user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.service import (
     LiveJourneys,
+    create_app,
     flush_fully,
     signal_partitioner,
     write_before_commits,
@@ -602,3 +604,17 @@ async def test_marks_wait_in_the_outbox_for_the_commit_and_go_before_the_states(
     states = [i for i, (entry, _) in enumerate(log) if entry.startswith("state ")]
     assert states  # the user's deadline passed (state deleted), and the partition's progress
     assert log.index((what, record)) < states[0]
+
+
+async def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_as_long_as_configured(
+    tmp_path: Any,
+) -> None:
+    """Faust builds its worker consumer with a fixed 1,500 ms fetch wait; the worker's is the
+    setting's (`LINKWATCH_FETCH_MAX_WAIT`)."""
+    app = create_app(Settings(fetch_max_wait=0.25, data_dir=tmp_path)).app
+    thread = SimpleNamespace(app=app, consumer=SimpleNamespace(in_transaction=False))
+    consumer = AIOKafkaConsumerThread._create_worker_consumer(thread, app.transport)
+    try:
+        assert consumer._fetch_max_wait_ms == 250
+    finally:
+        await consumer.stop()

@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         "unreachable) before it is sent again; Faust's default is 20 minutes",
     )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
+    fetch_max_wait: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="Seconds the broker may hold the worker's fetch while no record is there "
+        "(Faust hard-codes 1.5; a broker that answers a held fetch late adds up to that to a "
+        "record's latency)",
+    )
     batch_max: int = Field(
         default=1000,
         ge=1,
