@@ -56,6 +56,7 @@ log = logging.getLogger("linkwatch.entities")
 
 
 def mark_message(level: int, source: int, watermark: int) -> bytes:
+    """One mark as a record of its own (what versions before the outbox sent; still read)."""
     return orjson.dumps({"mark": level, "from": source, "watermark": watermark})
 
 
@@ -83,9 +84,20 @@ def pack_signals(
     then its marks. A record per signal cost a produce and a consume each, over two records
     per input event; a record per mark and partition, one more per tick and partition."""
     by_partition: dict[int, list[bytes]] = {}
-    for sig in signals:
-        by_partition.setdefault(partition_of(sig.entity), []).append(orjson.dumps(dump_signal(sig)))
+    encode_by_partition(signals, partition_of, by_partition)
     return pack_encoded(by_partition, marks or {})
+
+
+def encode_by_partition(
+    signals: Iterable[Signal], partition_of: PartitionOf, into: dict[int, list[bytes]]
+) -> int:
+    """Append each signal, encoded, to its partition's list in `into`; the bytes added."""
+    added = 0
+    for sig in signals:
+        encoded = orjson.dumps(dump_signal(sig))
+        into.setdefault(partition_of(sig.entity), []).append(encoded)
+        added += len(encoded)
+    return added
 
 
 def pack_encoded(
@@ -149,10 +161,7 @@ class SignalOutbox:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # flushes go out in order
 
     def add_signals(self, signals: Iterable[Signal]) -> None:
-        for sig in signals:
-            encoded = orjson.dumps(dump_signal(sig))
-            self.signals.setdefault(self.partition_of(sig.entity), []).append(encoded)
-            self.held_bytes += len(encoded)
+        self.held_bytes += encode_by_partition(signals, self.partition_of, self.signals)
 
     def add_mark(self, level: int, source: int, watermark: int) -> None:
         """`source` has sent everything of `level` up to `watermark`: tell every partition."""

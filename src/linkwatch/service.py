@@ -24,8 +24,9 @@ each of them once however many batches touched it, before it chooses the offsets
 repeat a trigger (same `trigger_id`), never lose one: it replays what came since the last
 commit.
 
-Signals for the entity stage go packed, one record per signals partition and batch
-(`live_entities.pack_signals`), not one record per signal.
+Signals and marks for the entity stage wait in an outbox for the next write of states, then
+go packed, one record per signals partition (`live_entities.SignalOutbox`), not one record
+per signal, batch or mark.
 """
 
 from __future__ import annotations
