@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import suppress
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,6 +26,7 @@ class Metrics:
     several apps in a process)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[int, tuple[Any, ...]], Any] = {}
         self.registry = registry
         self.events = Counter(
             "linkwatch_events_total",
@@ -208,9 +209,19 @@ class Metrics:
                 name, spec.help, list(spec.labels), registry=registry
             )
 
+    def _child(self, metric: Any, *labels: Any) -> Any:
+        """`metric.labels(*labels)`, looked up once: prometheus-client checks and joins the
+        labels on every call, and these are counted for every event. Label sets are bounded
+        (known channels, capped campaigns, the journeys' names), so the cache is too."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def count_event(self, event: Event, verdict: Verdict) -> None:
         channel = event.channel if event.channel in KNOWN_CHANNELS else "other"
-        self.events.labels(event.kind, channel).inc()
+        self._child(self.events, event.kind, channel).inc()
         if verdict is Verdict.DUPLICATE:
             self.duplicates.inc()
             return  # the same event again: not more traffic or sales
@@ -224,44 +235,46 @@ class Metrics:
             return
         channel = event.channel if event.channel in KNOWN_CHANNELS else "other"
         labels = (channel, space_of(event.channel), self._campaigns.label(event.campaign_id))
-        self._measures[measure].labels(*labels).inc()
+        self._child(self._measures[measure], *labels).inc()
         if isinstance(event, PurchaseEvent):
-            self.revenue.labels(*labels, event.currency).inc(float(event.amount))
+            self._child(self.revenue, *labels, event.currency).inc(float(event.amount))
 
     def count_measures(self, measures: Iterable[Measure]) -> None:
         for measure in measures:
             metric = self.entity_metrics.get(measure.name)
             if metric is None:
                 continue  # not declared by its logic: a bug, but not worth a stopped stream
-            child = metric.labels(*measure.labels) if measure.labels else metric
+            child = self._child(metric, *measure.labels) if measure.labels else metric
             child.inc(measure.amount)
 
     def count_rejected(self, reason: RejectReason) -> None:
-        self.rejected.labels(reason.value).inc()
+        self._child(self.rejected, reason.value).inc()
 
     def count_outputs(self, outputs: Iterable[Output]) -> None:
         for out in outputs:
             if isinstance(out, EventBase):  # real traffic, in event-time order (see engine.Output)
                 self._count_commerce(out)
             elif isinstance(out, Trigger):
-                self.triggers.labels(out.type).inc()
+                self._child(self.triggers, out.type).inc()
             elif isinstance(out, Resolution):
-                self.resolutions.labels(out.journey, out.missed_step, out.cause.value).inc()
-                self.recovery.labels(out.journey, out.cause.value, "treated", "resolved").inc()
+                self._child(self.resolutions, out.journey, out.missed_step, out.cause.value).inc()
+                self._child(
+                    self.recovery, out.journey, out.cause.value, "treated", "resolved"
+                ).inc()
             elif isinstance(out, Withheld):
                 record = out.record
-                self.withheld.labels(record.type, out.reason).inc()
+                self._child(self.withheld, record.type, out.reason).inc()
                 if isinstance(record, Resolution):
                     group = "holdout" if out.reason == "holdout" else "treated"
                     cause = record.cause.value
-                    self.recovery.labels(record.journey, cause, group, "resolved").inc()
+                    self._child(self.recovery, record.journey, cause, group, "resolved").inc()
                 elif out.reason == "resolved_while_held" and record.journey:
                     # Back before the quiet hours ended: recovered, just never messaged.
                     cause = record.cause.value
-                    self.recovery.labels(record.journey, cause, "treated", "resolved").inc()
+                    self._child(self.recovery, record.journey, cause, "treated", "resolved").inc()
             elif isinstance(out, FlaggedEvent | BotFlagged | Signal):  # signals: the entity stage
                 if isinstance(out, FlaggedEvent):
-                    self.flagged_events.labels(out.event.kind).inc()
+                    self._child(self.flagged_events, out.event.kind).inc()
                 elif isinstance(out, BotFlagged):
                     self.bot_flags.inc()
             else:
@@ -269,30 +282,30 @@ class Metrics:
 
     def _count_transition(self, t: Transition) -> None:
         if t.outcome == "started":
-            self.started.labels(t.journey).inc()
-            self.reached.labels(t.journey, t.step).inc()
+            self._child(self.started, t.journey).inc()
+            self._child(self.reached, t.journey, t.step).inc()
             self._add_active(t.journey, 1)
         elif t.outcome == "reached":
-            self.reached.labels(t.journey, t.step).inc()
+            self._child(self.reached, t.journey, t.step).inc()
         elif t.outcome == "converted":
-            self.converted.labels(t.journey).inc()
+            self._child(self.converted, t.journey).inc()
             self._add_active(t.journey, -1)
         elif t.outcome == "exited":
-            self.exited.labels(t.journey, t.step).inc()
+            self._child(self.exited, t.journey, t.step).inc()
             self._add_active(t.journey, -1)
         elif t.outcome == "retired":
-            self.retired.labels(t.journey).inc()
+            self._child(self.retired, t.journey).inc()
             self._add_active(t.journey, -1)
         else:
-            self.dropped.labels(t.journey, t.step, t.cause or "").inc()
+            self._child(self.dropped, t.journey, t.step, t.cause or "").inc()
             if t.trigger is not None:
                 group = uplift_group(t.trigger.user_id, self.holdout_percent)
-                self.recovery.labels(t.journey, t.cause or "", group, "dropped_off").inc()
+                self._child(self.recovery, t.journey, t.cause or "", group, "dropped_off").inc()
             self._add_active(t.journey, -1)
 
     def _add_active(self, journey: str, delta: int) -> None:
         self._active_counts[journey] = self._active_counts.get(journey, 0) + delta
-        self.active.labels(journey).set(self._active_counts[journey])
+        self._child(self.active, journey).set(self._active_counts[journey])
 
     def forget_partition(self, partition: int) -> None:
         with suppress(KeyError):  # never reported
@@ -302,4 +315,4 @@ class Metrics:
         """Reset open-instance counts (after a rebalance, from the recovered states)."""
         for journey in set(self._active_counts) | set(counts):
             self._active_counts[journey] = counts.get(journey, 0)
-            self.active.labels(journey).set(self._active_counts[journey])
+            self._child(self.active, journey).set(self._active_counts[journey])
