@@ -170,20 +170,19 @@ def main() -> None:
             while handled(worker) < total and time.monotonic() < deadline:
                 time.sleep(0.5)
             caught_up = handled(worker)
-            time.sleep(3)  # the last batch's outputs
-            topics = [
-                settings.topic_triggers,
-                settings.topic_dlq,
-                settings.topic_signals,
-                settings.topic_health,
-                settings.topic_profiles,
-                f"{settings.app_id}-states-changelog",
-                f"{settings.app_id}-entities-changelog",
-            ]
-            produced = {
-                topic: 0 if args.no_outputs else asyncio.run(records_in(settings, topic))
-                for topic in topics
-            }
+            produced: dict[str, int] = {}
+            if not args.no_outputs:
+                time.sleep(3)  # the last batch's outputs
+                topics = [
+                    settings.topic_triggers,
+                    settings.topic_dlq,
+                    settings.topic_signals,
+                    settings.topic_health,
+                    settings.topic_profiles,
+                    f"{settings.app_id}-states-changelog",
+                    f"{settings.app_id}-entities-changelog",
+                ]
+                produced = {topic: asyncio.run(records_in(settings, topic)) for topic in topics}
     rate = (handled1 - handled0) / (t1 - t0)
     cpu = (cpu1 - cpu0) / (t1 - t0)
     print(
@@ -197,7 +196,7 @@ def main() -> None:
         + ("" if args.no_profile else " (py-spy sampling: figures include its overhead)")
     )
     print(f"records handled in the end: {caught_up:,.0f} of {total:,}")
-    if not args.no_outputs:
+    if produced:
         print("\nrecords the worker produced, per input record:")
         for topic, count in produced.items():
             print(f"  {topic:<40}{count:>9,} {count / total:>7.2f}")
