@@ -618,3 +618,11 @@ async def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_as_long_as_
         assert consumer._fetch_max_wait_ms == 250
     finally:
         await consumer.stop()
+
+
+def test_the_worker_producer_lingers_as_configured(tmp_path: Any) -> None:
+    """The producer gathers records for `LINKWATCH_PRODUCER_LINGER` before a request: at 0
+    (Faust's default) it sends a request per few records, which costs the worker CPU per record."""
+    producer = create_app(Settings(producer_linger=0.02, data_dir=tmp_path)).app.producer
+    assert producer._settings_default()["linger_ms"] == 20
+    assert create_app(Settings(data_dir=tmp_path)).app.producer.linger_ms == 10

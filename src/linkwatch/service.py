@@ -736,6 +736,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_request_timeout=settings.producer_request_timeout,
+        producer_linger=settings.producer_linger,
         autodiscover=False,
         table_standby_replicas=0,
         TableManager="linkwatch.stream_resume:InOrderTableManager",

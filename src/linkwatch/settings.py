@@ -123,6 +123,14 @@ class Settings(BaseSettings):
         description="Seconds a record may wait for the broker (unanswered, or the broker "
         "unreachable) before it is sent again; Faust's default is 20 minutes",
     )
+    producer_linger: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Seconds the producer waits to gather records into one request per "
+        "partition (fewer, larger requests: less CPU per record in worker and broker, at the "
+        "cost of this much added latency)",
+    )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
     fetch_max_wait: float = Field(
         default=0.1,
