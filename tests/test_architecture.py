@@ -28,6 +28,7 @@ CORE = [
     "profile",
     "durations",
     "reload",
+    "ticks",
 ]
 FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
 FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}

@@ -33,6 +33,7 @@ from linkwatch.service import (
 from linkwatch.settings import Settings
 from linkwatch.state import load_state
 from linkwatch.store import end_of_batch_key, progress_key
+from linkwatch.ticks import TickPacer
 from tests.builders import at, raw
 
 Log = list[tuple[str, Any]]
@@ -209,6 +210,22 @@ async def test_a_tick_fires_due_deadlines_once_the_partition_is_quiet(
         ("state deleted", b"u1"),
         ("state written", progress_key(0)),  # after the states, in their changelog
     ]
+
+
+async def test_a_tick_read_frees_its_partition_for_the_next(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """The tick timer sends a partition its next tick only once the last one is read
+    (`ticks.TickPacer`): reading one, not an event, is what frees the partition."""
+    journeys, _ = live
+    pacer = TickPacer(resend_after_ms=30_000)
+    journeys.on_tick_read = pacer.read
+    assert pacer.due({0, 1}, now_ms=0) == [0, 1]
+    await journeys.on_event(
+        message("events.click", 0, b"u1", raw(event_id="a", ts=at(0), page="cart"))
+    )
+    await journeys.on_batch([message("linkwatch.ticks", 0, None, b"", partition=1)])
+    assert pacer.due({0, 1}, now_ms=250) == [1]
 
 
 def break_processing(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,6 +80,7 @@ from linkwatch.store import (
     progress_key,
 )
 from linkwatch.stream_resume import skipped_offsets
+from linkwatch.ticks import TickPacer
 from linkwatch.triggers import Resolution, Trigger
 from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
@@ -98,6 +100,9 @@ RAW: dict[str, Any] = {
 # Safe mid-batch: Faust revokes a partition only once the batch is acked. Records of one
 # event do not count, so their batches run as before.
 YIELD_AFTER_EVENTS = 2000
+# A tick not read back this long after it was sent is taken for lost and sent again
+# (`ticks.TickPacer`): far beyond a healthy broker's round trip, short beside a deadline.
+TICK_RESEND_AFTER_MS = 30_000
 
 
 def wall_ms() -> int:
@@ -140,6 +145,7 @@ class LiveJourneys:
     marked: dict[int, int] = field(default_factory=dict)  # partition → last mark sent
     saved: dict[int, int | None] = field(default_factory=dict)  # partition → watermark saved
     on_published: Callable[[list[Output]], None] = lambda _: None  # after delivery: /ui
+    on_tick_read: Callable[[int], None] = lambda _: None  # a partition's tick was read
     unknown_lag_grace_ms: int = 30_000  # see `_backlog_of`
     flush_producer: Callable[[], Awaitable[None]] | None = None  # waits for every send
     batch_limits: BatchLimits = field(init=False)
@@ -276,6 +282,7 @@ class LiveJourneys:
             self.offsets[message.topic, partition] = message.offset
             backlog = self._backlog_of(partition, message.tp, processor, now)
             if kind is None:  # a tick
+                self.on_tick_read(partition)
                 outputs.extend(processor.on_tick(now, backlog))
                 ticked.add(partition)
             else:
@@ -784,9 +791,13 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
 
+    pacer = TickPacer(resend_after_ms=TICK_RESEND_AFTER_MS)
+    live.on_tick_read = pacer.read
+
     async def send_ticks() -> None:
-        for partition in linkwatch.assigned_partitions():
-            await ticks.send(value=b"", partition=partition)
+        for partition in pacer.due(linkwatch.assigned_partitions(), wall_ms()):
+            sent = cast(asyncio.Future[Any], await ticks.send(value=b"", partition=partition))
+            sent.add_done_callback(functools.partial(_tick_sent, pacer, partition))
 
     app.timer(interval=settings.tick_interval_s)(send_ticks)
 
@@ -805,7 +816,9 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         revoked = args[0] if args else kwargs.get("revoked", set())
         for writer in writers:  # (Faust's commit before this has written them, normally)
             await writer.write_pending()
-        live.forget({tp.partition for tp in revoked if tp.topic == settings.topic_ticks})
+        tick_partitions = {tp.partition for tp in revoked if tp.topic == settings.topic_ticks}
+        live.forget(tick_partitions)
+        pacer.forget(tick_partitions)
         if entities is not None:
             entities.live.forget(
                 {tp.partition for tp in revoked if tp.topic == settings.topic_signals}
@@ -911,6 +924,11 @@ def _entity_stage(
             await live.on_batch(batch)
 
     return _EntityWiring(live, signals)
+
+
+def _tick_sent(pacer: TickPacer, partition: int, sent: asyncio.Future[Any]) -> None:
+    if sent.cancelled() or sent.exception() is not None:
+        pacer.failed(partition)
 
 
 def _held(stores: dict[int, Any]) -> int:

@@ -165,9 +165,17 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        # End offsets are unreliable on Tansu: read until quiet. But not before the end
+        # offsets reported now are reached, or up to a minute: a slow broker (Tansu on the
+        # outage test's S3 server) may answer the first fetches later than three quiet polls.
+        ends = await consumer.end_offsets(tps)
+        give_up_at = time.monotonic() + 60
         records: list[Any] = []
         quiet_polls = 0
-        while quiet_polls < 3:  # end offsets are unreliable on Tansu: read until quiet
+        while quiet_polls < 3 or (
+            time.monotonic() < give_up_at
+            and any([await consumer.position(tp) < end for tp, end in ends.items()])
+        ):
             batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
             quiet_polls = 0 if batch else quiet_polls + 1
             for messages in batch.values():
