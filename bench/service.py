@@ -77,7 +77,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ from linkwatch.journeys import load_journeys, parse_duration
 from linkwatch.produce import produce, route
 from linkwatch.replay import replay_lines, tune_gc_for_throughput
 from linkwatch.settings import Settings
-from linkwatch.simulate import generate
+from linkwatch.simulate import daytime_zone, generate
 from linkwatch.suppression import in_holdout
 from linkwatch.topics import ensure_topics
 
@@ -134,15 +134,6 @@ TRICKLE_USERS = 64  # distinct users of the background trickle (spread over the 
 SIMULATED_START_MS = 1_732_233_600_000
 RECORDS = "linkwatch_events_total", "linkwatch_records_rejected_total"
 DELAY_HISTOGRAM = "linkwatch_deadline_fire_delay_seconds"
-
-
-def midday_timezone(now_ms: int) -> str:
-    """A fixed-offset zone where it is about noon now. The default journeys hold drop-offs in
-    the user's quiet hours (22:00-08:00, Asia/Shanghai unless the event says): carts without
-    a zone, measured from 14:00 to 24:00 UTC, had every drop-off withheld until morning."""
-    utc_hour = datetime.fromtimestamp(now_ms / 1000, tz=UTC).hour
-    offset = (12 - utc_hour + 12) % 24 - 12  # hours east of UTC, -12..11
-    return f"Etc/GMT{-offset:+d}"  # POSIX sign: Etc/GMT+9 is UTC-9
 
 
 class BenchError(Exception):
@@ -838,7 +829,8 @@ async def latency(
                 "link_id": f"cart-{i}",
                 "url": f"https://shop.example/cart?add={i}",
                 "page": "cart",
-                "tz": midday_timezone(start),
+                # Outside quiet hours, which would hold every drop-off until morning.
+                "tz": daytime_zone(start),
             }
             sends.append((user, await producer.send(click, orjson.dumps(cart), key=user.encode())))
         await producer.flush()

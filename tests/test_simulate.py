@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,8 @@ from linkwatch.engine import JourneyEngine, Transition
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import (
     CHANNELS,
+    MAX_TS_MS,
+    MIN_TS_MS,
     ClickEvent,
     Event,
     GroupChatEvent,
@@ -30,7 +33,14 @@ from linkwatch.events import (
 )
 from linkwatch.journeys import load_journeys
 from linkwatch.partition import PartitionProcessor
-from linkwatch.simulate import BROKEN_LINK, NO_FEATURES, Features, generate, write_jsonl
+from linkwatch.simulate import (
+    BROKEN_LINK,
+    NO_FEATURES,
+    Features,
+    daytime_zone,
+    generate,
+    write_jsonl,
+)
 from linkwatch.triggers import DROPOFF_CAUSES, Trigger
 
 T0 = 1_732_233_600_000  # 2024-11-22T00:00:00Z
@@ -618,3 +628,13 @@ def test_any_run_is_reproducible_and_its_references_hold(
     zones: dict[str, str | None] = {}
     for event in events:
         assert zones.setdefault(event.user_id, event.tz) == event.tz
+
+
+@given(st.integers(MIN_TS_MS, MAX_TS_MS - 1))
+def test_the_daytime_zone_is_a_valid_zone_where_it_is_daytime(now_ms: int) -> None:
+    """Real-time tests and benches give their users this zone so that quiet hours
+    (22:00-08:00 local) do not hold their drop-offs until morning."""
+    zone = daytime_zone(now_ms)
+    assert check_timezone(zone) == zone
+    local = datetime.fromtimestamp(now_ms / 1000, tz=ZoneInfo(zone))
+    assert 10 <= local.hour < 20

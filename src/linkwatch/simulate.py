@@ -975,6 +975,15 @@ def _corrupt(rng: random.Random, how: str, ts: int, record: Record) -> bytes:
 # -- public API ----------------------------------------------------------------------------------
 
 
+def daytime_zone(now_ms: int) -> str:
+    """A fixed-offset IANA zone where it is between 10:00 and 20:00 at `now_ms`: real-time
+    traffic in it is outside the default journeys' quiet hours (22:00-08:00), which would
+    hold its drop-offs until morning."""
+    hour = (now_ms // 3_600_000) % 24
+    offset = next(h for h in range(-12, 15) if 10 <= (hour + h) % 24 < 20)
+    return f"Etc/GMT{-offset:+d}"  # the Etc/GMT zones count the other way round
+
+
 def generate(
     *,
     seed: int = 7,

@@ -19,7 +19,7 @@ from linkwatch.produce import produce
 from linkwatch.replay import replay_lines
 from linkwatch.settings import Settings
 from linkwatch.signals import Published
-from linkwatch.simulate import generate
+from linkwatch.simulate import daytime_zone, generate
 from linkwatch.triggers import Resolution, TopicRecord, Trigger
 from tests.integration.workers import (
     FAST,
@@ -172,13 +172,6 @@ def test_live_equals_replay_and_metrics_agree(kafka_settings: Settings, tmp_path
     assert sum_metric(metrics, "linkwatch_events_late_total") == 0
     assert sum_metric(metrics, "linkwatch_active_instances") == 0  # everything closed
     assert sum_metric(metrics, "faust_messages_received_total") > 0  # Faust's own sensor too
-
-
-def daytime_zone(now_ms: int) -> str:
-    """A fixed-offset IANA zone where it is now between 10:00 and 20:00."""
-    hour = time.gmtime(now_ms / 1000).tm_hour
-    offset = next(h for h in range(-12, 15) if 10 <= (hour + h) % 24 < 20)
-    return f"Etc/GMT{-offset:+d}"  # the Etc/GMT zones count the other way round
 
 
 def test_a_quiet_partition_still_fires_its_drop_offs(
