@@ -1,7 +1,8 @@
 """The live worker on a real broker: throughput beside its floors, and deadline → trigger delay.
 
     .venv/bin/python bench/service.py [--events 100000] [--skip-throughput] [--skip-latency]
-        [--latency-users 200] [--batch N] [--trickle-seconds 20] [--trickle-rate half|N]
+        [--worker-only] [--latency-users 200] [--batch N] [--trickle-seconds 20]
+        [--trickle-rate half|N]
         [--dead-end-probes 20]
         [--lateness 10s] [--profile-worker] [--keep-logs] [--out bench/results/service.json]
 
@@ -522,7 +523,7 @@ def throughput(
 
     # The per-record contenders count Kafka records: with batch records they would wait for
     # more records than there are. Only the worker (it counts events) runs then.
-    if args.batch == 1:
+    if args.batch == 1 and not args.worker_only:
 
         def contender(name: str, directory: str, spec: dict[str, Any], command: list[str]) -> None:
             """Run one helper on its spec (given as the command's last argument), print it."""
@@ -1175,6 +1176,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="events a batch record (NDJSON, one user's run); >1 runs only the worker",
     )
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="throughput: run only the LinkWatch worker and replay (no peers; for iterating)",
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-users", type=int, default=200, help="carts (latency)")
     parser.add_argument("--trickle-seconds", type=float, default=20.0)

@@ -68,6 +68,7 @@ SHELL = {
     "produce",
     "tail",
     "dev",
+    "faust_sensor",
 }
 
 

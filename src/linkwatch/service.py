@@ -43,7 +43,6 @@ from typing import Any, Protocol, cast
 import faust
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
@@ -63,6 +62,7 @@ from linkwatch.entities import (
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.event_context import write_partitions
 from linkwatch.events import Event, parse_ts
+from linkwatch.faust_sensor import setup_faust_sensor
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
 from linkwatch.live_entities import LiveEntities, PartitionOf, SignalOutbox
@@ -752,7 +752,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.holdout_percent = journeys.suppression.holdout_percent
-    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
+    setup_faust_sensor(app, registry)
     inputs = app.topic(*settings.input_topics.values(), settings.topic_ticks, **RAW)
     ticks = app.topic(settings.topic_ticks, partitions=settings.partitions, **RAW)
     triggers = app.topic(settings.topic_triggers, partitions=settings.partitions, **RAW)
