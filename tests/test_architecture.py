@@ -69,6 +69,7 @@ SHELL = {
     "tail",
     "dev",
     "faust_sensor",
+    "producer_buffer",
 }
 
 

@@ -69,6 +69,7 @@ from linkwatch.live_entities import LiveEntities, PartitionOf, SignalOutbox
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
+from linkwatch.producer_buffer import install_lean_buffer, unsent
 from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
@@ -704,13 +705,14 @@ def signal_partitioner(partitions: int) -> PartitionOf:
 def flush_fully(producer: Any) -> Callable[[], Awaitable[None]]:
     """Wait until every record sent through Faust's producer is acknowledged. Faust's own
     `flush` returns once its send buffer has sent nothing for 0.1 s, which under load can
-    leave records in it; this repeats it until the buffer is empty (aiokafka's flush, which
-    it ends with, waits for everything handed over)."""
+    leave records in it; this repeats it until the buffer has handed every record over,
+    including the one it is handing over (`producer_buffer`). aiokafka's flush, which Faust's
+    ends with, waits for everything handed over."""
 
     async def flush() -> None:
         while True:
             await producer.flush()
-            if not producer.buffer.size:
+            if not unsent(producer.buffer):
                 return
 
     return flush
@@ -760,6 +762,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     states = _bytes_table(app, settings, "states", "Per-user journey state")
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
+    install_lean_buffer(app.producer)
     live.flush_producer = flush_fully(app.producer)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions

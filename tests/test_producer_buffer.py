@@ -1,0 +1,150 @@
+"""The lean send buffer keeps the order and the flush contract of Faust's own."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.producer import ProducerBuffer
+
+from linkwatch.producer_buffer import LeanProducerBuffer, install_lean_buffer
+from linkwatch.service import create_app, flush_fully
+from linkwatch.settings import Settings
+
+
+class Channel:
+    """Where the buffer's sending task publishes: records the messages, in order; each send
+    yields to the loop (as a real send does), and `gate`, when cleared, stalls them."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await self.gate.wait()
+        await asyncio.sleep(0)
+        self.sent.append(fut.number)
+
+
+def pending(channel: Channel, number: int) -> Any:
+    return SimpleNamespace(number=number, message=SimpleNamespace(channel=channel))
+
+
+async def started(kind: type[ProducerBuffer]) -> ProducerBuffer:
+    buffer = kind()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    await buffer.start()
+    return buffer
+
+
+@pytest.mark.parametrize("kind", [ProducerBuffer, LeanProducerBuffer])
+async def test_a_flush_returns_once_everything_was_sent_in_order(
+    kind: type[ProducerBuffer],
+) -> None:
+    channel = Channel()
+    buffer = await started(kind)
+    try:
+        for number in range(500):
+            buffer.put(pending(channel, number))
+        assert buffer.size > 0
+        await buffer.flush()
+        assert buffer.size == 0
+        assert channel.sent == list(range(500))
+    finally:
+        await buffer.stop()
+
+
+async def test_flush_atmost_returns_the_number_sent_once_it_reaches_it() -> None:
+    channel = Channel()
+    buffer = await started(LeanProducerBuffer)
+    try:
+        for number in range(1000):
+            buffer.put(pending(channel, number))
+        flushed = await buffer.flush_atmost(100)
+        assert 100 <= flushed == len(channel.sent) < 1000
+        assert buffer.size <= 1000 - len(channel.sent)
+        await buffer.flush()
+        assert channel.sent == list(range(1000))
+    finally:
+        await buffer.stop()
+
+
+async def test_a_flush_gives_up_when_nothing_is_sent_for_a_while() -> None:
+    """Faust's contract: the caller (the worker's full flush) decides whether to go on."""
+    channel = Channel()
+    buffer = await started(LeanProducerBuffer)
+    try:
+        buffer.put(pending(channel, 0))
+        await buffer.flush()
+        channel.gate.clear()  # the broker stops answering
+        for number in range(1, 4):
+            buffer.put(pending(channel, number))
+        flushed = await asyncio.wait_for(buffer.flush_atmost(None), timeout=10)
+        assert flushed == 0
+        assert buffer.size == 2  # one taken by the stalled send, two waiting
+        channel.gate.set()
+        await buffer.flush()
+        assert channel.sent == [0, 1, 2, 3]
+    finally:
+        await buffer.stop()
+
+
+async def test_a_flush_of_a_stopped_buffer_with_messages_waiting_raises_as_faust_s() -> None:
+    channel = Channel()
+    buffer = LeanProducerBuffer()
+    buffer.put(pending(channel, 0))
+    with pytest.raises(RuntimeError, match="not Running"):
+        await buffer.flush_atmost(None)
+
+
+def test_the_worker_s_producer_has_the_lean_buffer(tmp_path: Any) -> None:
+    app = create_app(Settings(data_dir=tmp_path)).app
+    assert isinstance(app.producer.buffer, LeanProducerBuffer)
+    assert app.producer.buffer.app is app
+
+
+def test_a_threaded_producer_keeps_faust_s_buffer() -> None:
+    """Its buffer feeds the producer thread's own queue."""
+    buffer = object()
+    producer = SimpleNamespace(
+        app=SimpleNamespace(conf=SimpleNamespace(producer_threaded=True)), buffer=buffer
+    )
+    install_lean_buffer(producer)
+    assert producer.buffer is buffer
+
+
+class Producer:
+    """Faust's producer as the worker's full flush sees it: its flush flushes the buffer (then
+    would wait for the client's batches, which these fakes do not have)."""
+
+    def __init__(self, buffer: ProducerBuffer) -> None:
+        self.buffer = buffer
+
+    async def flush(self) -> None:
+        await self.buffer.flush()
+
+
+@pytest.mark.parametrize("kind", [ProducerBuffer, LeanProducerBuffer])
+async def test_the_full_flush_waits_for_the_message_being_handed_over(
+    kind: type[ProducerBuffer],
+) -> None:
+    """The queue is empty once its last message is taken; that message may still be on its way
+    (the producer's own buffer full). A commit after a flush that returned then could lose it."""
+    channel = Channel()
+    buffer = await started(kind)
+    try:
+        channel.gate.clear()
+        buffer.put(pending(channel, 0))
+        flush = asyncio.ensure_future(flush_fully(Producer(buffer))())
+        await asyncio.sleep(0.5)  # beyond the buffer's 0.1 s give-up: the full flush goes on
+        returned_early = flush.done()
+        channel.gate.set()
+        await asyncio.wait_for(flush, timeout=10)
+        assert channel.sent == [0]
+        # Faust's buffer reports nothing left while the message is in flight.
+        assert returned_early is (kind is ProducerBuffer)
+    finally:
+        await buffer.stop()
