@@ -148,3 +148,18 @@ async def test_the_full_flush_waits_for_the_message_being_handed_over(
         assert returned_early is (kind is ProducerBuffer)
     finally:
         await buffer.stop()
+
+
+async def test_a_buffer_stops_with_a_record_stuck_in_flight() -> None:
+    """Faust stops the buffer by flushing it, then cancelling its sending task: a send that
+    never ends must not hold the stop, and the cancelled record counts as handled (no later
+    full flush waits for it for ever)."""
+    channel = Channel()
+    buffer = await started(LeanProducerBuffer)
+    channel.gate.clear()
+    buffer.put(pending(channel, 0))
+    await asyncio.sleep(0.05)  # taken from the queue, stuck in the send
+    assert (buffer.size, buffer.unsent) == (0, 1)
+    await asyncio.wait_for(buffer.stop(), timeout=10)
+    assert buffer.unsent == 0
+    assert channel.sent == []

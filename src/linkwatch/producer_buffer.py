@@ -63,8 +63,10 @@ class LeanProducerBuffer(ProducerBuffer):
             # while its last message is in flight).
             if not self.unsent or (max_messages is not None and flushed >= max_messages):
                 return flushed
-            if self.state != "running":
+            if self.state != "running" and self.size:  # as Faust's: it will not send them
                 raise RuntimeError("Cannot flush: Producer not Running")
+            # (Stopping with only a record in flight: wait for it like any other. If its task
+            # is cancelled instead, `_send_pending` counts it all the same.)
             self.message_sent.clear()
             try:
                 async with asyncio.timeout(IDLE_GIVE_UP_S):
