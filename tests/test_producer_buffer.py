@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,27 +42,33 @@ async def started(kind: type[ProducerBuffer]) -> ProducerBuffer:
     return buffer
 
 
+@contextlib.asynccontextmanager
+async def running(kind: type[ProducerBuffer]) -> AsyncIterator[ProducerBuffer]:
+    """A started buffer, stopped afterwards whatever the test did."""
+    buffer = await started(kind)
+    try:
+        yield buffer
+    finally:
+        await buffer.stop()
+
+
 @pytest.mark.parametrize("kind", [ProducerBuffer, LeanProducerBuffer])
 async def test_a_flush_returns_once_everything_was_sent_in_order(
     kind: type[ProducerBuffer],
 ) -> None:
     channel = Channel()
-    buffer = await started(kind)
-    try:
+    async with running(kind) as buffer:
         for number in range(500):
             buffer.put(pending(channel, number))
         assert buffer.size > 0
         await buffer.flush()
         assert buffer.size == 0
         assert channel.sent == list(range(500))
-    finally:
-        await buffer.stop()
 
 
 async def test_flush_atmost_returns_the_number_sent_once_it_reaches_it() -> None:
     channel = Channel()
-    buffer = await started(LeanProducerBuffer)
-    try:
+    async with running(LeanProducerBuffer) as buffer:
         for number in range(1000):
             buffer.put(pending(channel, number))
         flushed = await buffer.flush_atmost(100)
@@ -68,15 +76,12 @@ async def test_flush_atmost_returns_the_number_sent_once_it_reaches_it() -> None
         assert buffer.size <= 1000 - len(channel.sent)
         await buffer.flush()
         assert channel.sent == list(range(1000))
-    finally:
-        await buffer.stop()
 
 
 async def test_a_flush_gives_up_when_nothing_is_sent_for_a_while() -> None:
     """Faust's contract: the caller (the worker's full flush) decides whether to go on."""
     channel = Channel()
-    buffer = await started(LeanProducerBuffer)
-    try:
+    async with running(LeanProducerBuffer) as buffer:
         buffer.put(pending(channel, 0))
         await buffer.flush()
         channel.gate.clear()  # the broker stops answering
@@ -88,8 +93,6 @@ async def test_a_flush_gives_up_when_nothing_is_sent_for_a_while() -> None:
         channel.gate.set()
         await buffer.flush()
         assert channel.sent == [0, 1, 2, 3]
-    finally:
-        await buffer.stop()
 
 
 async def test_a_flush_of_a_stopped_buffer_with_messages_waiting_raises_as_faust_s() -> None:
@@ -134,8 +137,7 @@ async def test_the_full_flush_waits_for_the_message_being_handed_over(
     """The queue is empty once its last message is taken; that message may still be on its way
     (the producer's own buffer full). A commit after a flush that returned then could lose it."""
     channel = Channel()
-    buffer = await started(kind)
-    try:
+    async with running(kind) as buffer:
         channel.gate.clear()
         buffer.put(pending(channel, 0))
         flush = asyncio.ensure_future(flush_fully(Producer(buffer))())
@@ -146,8 +148,6 @@ async def test_the_full_flush_waits_for_the_message_being_handed_over(
         assert channel.sent == [0]
         # Faust's buffer reports nothing left while the message is in flight.
         assert returned_early is (kind is ProducerBuffer)
-    finally:
-        await buffer.stop()
 
 
 async def test_a_buffer_stops_with_a_record_stuck_in_flight() -> None:
