@@ -11,22 +11,25 @@ from typing import Any
 import pytest
 from faust.transport.producer import ProducerBuffer
 
-from linkwatch.producer_buffer import LeanProducerBuffer, install_lean_buffer
-from linkwatch.service import create_app, flush_fully
+from linkwatch.producer_buffer import LeanProducerBuffer, flush_sent, install_lean_buffer
+from linkwatch.service import create_app
 from linkwatch.settings import Settings
 
 
 class Channel:
     """Where the buffer's sending task publishes: records the messages, in order; each send
-    yields to the loop (as a real send does), and `gate`, when cleared, stalls them."""
+    yields to the loop (as a real send does), and `gate`, when cleared, stalls them (or only
+    those numbered from `stall_from` on)."""
 
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.stall_from: int | None = None
 
     async def publish_message(self, fut: Any, wait: bool = False) -> None:
-        await self.gate.wait()
+        if self.stall_from is None or fut.number >= self.stall_from:
+            await self.gate.wait()
         await asyncio.sleep(0)
         self.sent.append(fut.number)
 
@@ -120,8 +123,8 @@ def test_a_threaded_producer_keeps_faust_s_buffer() -> None:
 
 
 class Producer:
-    """Faust's producer as the worker's full flush sees it: its flush flushes the buffer (then
-    would wait for the client's batches, which these fakes do not have)."""
+    """Faust's producer as the worker's flush sees it: its flush flushes the buffer (then
+    would wait for the client's batches, which these fakes do not have: no `_producer`)."""
 
     def __init__(self, buffer: ProducerBuffer) -> None:
         self.buffer = buffer
@@ -135,12 +138,13 @@ async def test_the_full_flush_waits_for_the_message_being_handed_over(
     kind: type[ProducerBuffer],
 ) -> None:
     """The queue is empty once its last message is taken; that message may still be on its way
-    (the producer's own buffer full). A commit after a flush that returned then could lose it."""
+    (the producer's own buffer full). A commit after a flush that returned then could lose it.
+    (With Faust's buffer the worker's flush repeats Faust's until nothing is queued.)"""
     channel = Channel()
     async with running(kind) as buffer:
         channel.gate.clear()
         buffer.put(pending(channel, 0))
-        flush = asyncio.ensure_future(flush_fully(Producer(buffer))())
+        flush = asyncio.ensure_future(flush_sent(Producer(buffer))())
         await asyncio.sleep(0.5)  # beyond the buffer's 0.1 s give-up: the full flush goes on
         returned_early = flush.done()
         channel.gate.set()
@@ -148,6 +152,49 @@ async def test_the_full_flush_waits_for_the_message_being_handed_over(
         assert channel.sent == [0]
         # Faust's buffer reports nothing left while the message is in flight.
         assert returned_early is (kind is ProducerBuffer)
+
+
+async def test_the_worker_s_flush_waits_for_what_was_sent_before_it_not_after() -> None:
+    """A commit waits for its own writes while the agents go on sending: under load the
+    buffer may never be empty, and a flush that waited for that would hold the commit."""
+    channel = Channel()
+    async with running(LeanProducerBuffer) as buffer:
+        channel.gate.clear()  # the broker stops answering
+        for number in range(3):
+            buffer.put(pending(channel, number))
+        flush = asyncio.ensure_future(flush_sent(Producer(buffer))())
+        await asyncio.sleep(0)  # the flush starts
+        for number in range(3, 6):
+            buffer.put(pending(channel, number))
+        await asyncio.sleep(0.3)
+        assert not flush.done()  # 0-2 are not sent yet: the flush waits for them ...
+        channel.stall_from = 3  # ... and ends once they are, however long 3-5 take
+        channel.gate.set()
+        channel.gate = asyncio.Event()
+        await asyncio.wait_for(flush, timeout=10)
+        assert channel.sent == [0, 1, 2]
+        assert buffer.unsent == 3
+        channel.gate.set()
+        await buffer.flush()
+
+
+async def test_the_worker_s_flush_repeats_faust_s_until_its_buffer_is_empty() -> None:
+    """With Faust's own buffer (a threaded producer), whose flush gives up once it has sent
+    nothing for 0.1 s."""
+
+    class FaustProducer:
+        def __init__(self) -> None:
+            self.buffer = SimpleNamespace(size=5)
+            self.flushes = 0
+
+        async def flush(self) -> None:  # sends two, then gives up
+            self.flushes += 1
+            self.buffer.size = max(0, self.buffer.size - 2)
+
+    producer = FaustProducer()
+    await flush_sent(producer)()
+    assert producer.buffer.size == 0
+    assert producer.flushes == 3
 
 
 async def test_a_buffer_stops_with_a_record_stuck_in_flight() -> None:

@@ -26,7 +26,6 @@ from linkwatch.metrics import Metrics
 from linkwatch.service import (
     LiveJourneys,
     create_app,
-    flush_fully,
     signal_partitioner,
     write_before_commits,
 )
@@ -365,24 +364,6 @@ async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
     assert set(restarted.processor(0, 0).store) == {"u1"}
 
 
-async def test_a_full_flush_waits_until_faust_s_send_buffer_is_empty() -> None:
-    """Faust's flush gives up once its buffer has sent nothing for 0.1 s."""
-
-    class Producer:
-        def __init__(self) -> None:
-            self.buffer = SimpleNamespace(size=5)
-            self.flushes = 0
-
-        async def flush(self) -> None:  # sends two, then gives up
-            self.flushes += 1
-            self.buffer.size = max(0, self.buffer.size - 2)
-
-    producer = Producer()
-    await flush_fully(producer)()
-    assert producer.buffer.size == 0
-    assert producer.flushes == 3
-
-
 # -- batch records ----------------------------------------------------------------------------
 
 NDJSON = [("content-type", b"application/x-ndjson")]
@@ -539,8 +520,8 @@ def test_signals_go_to_the_partition_kafka_gives_a_record_keyed_by_their_entity(
 
 class CommittingConsumer:
     """Faust's consumer as far as a commit goes: `force_commit` chooses the offsets of the
-    records acked by then (`_filter_committable_offsets`), then takes its round trips (here:
-    until `done` is set)."""
+    records acked by then (`_filter_committable_offsets`), sends what is attached to them
+    (`_handle_attached`), then takes its round trips (here: until `done` is set)."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
@@ -550,9 +531,14 @@ class CommittingConsumer:
     def _filter_committable_offsets(self, tps: Any) -> dict[str, int]:
         return {"events.click/0": max(self.acked) + 1} if self.acked else {}
 
+    async def _handle_attached(self, offsets: dict[str, int]) -> None:
+        self.log.append(("attached sent", offsets))
+
     async def force_commit(self) -> bool:
         offsets = self._filter_committable_offsets(None)
         self.log.append(("offsets chosen", offsets))
+        if offsets:
+            await self._handle_attached(offsets)
         await self.done.wait()
         self.log.append(("offsets committed", offsets))
         return True
@@ -587,6 +573,82 @@ async def test_states_are_written_once_per_commit_before_the_offsets_it_commits_
     assert ("state written", b"u2") not in log  # the next commit's
     await consumer.force_commit()
     assert log.count(("state written", b"u2")) == 1
+
+
+async def test_a_commit_lets_the_agents_go_while_the_broker_acknowledges_its_writes(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """A commit holds the agents only while it writes the changed states to the table and
+    chooses its offsets. Waiting for the broker to acknowledge the writes, and ending the
+    changelog partitions after them, happen while batches go on, and before anything attached
+    to the offsets is sent or they are committed."""
+    journeys, log = live
+    acknowledged = asyncio.Event()
+
+    async def flush() -> None:  # the producer's flush, until the broker answers
+        log.append(("flush", None))
+        await acknowledged.wait()
+        log.append(("flushed", None))
+
+    journeys.flush_producer = flush
+    consumer = CommittingConsumer(log)
+    consumer.done.set()
+    write_before_commits(consumer, [journeys])
+    await journeys.on_batch([message("events.click", 0, b"u1", raw(page="cart"))])
+    consumer.acked.append(0)
+    commit = asyncio.create_task(consumer.force_commit())
+    await asyncio.sleep(0.05)
+    chosen = ("offsets chosen", {"events.click/0": 1})
+    assert log.index(("state written", b"u1")) < log.index(chosen)
+    assert ("flush", None) in log
+    # The broker has not answered: the next batch is handled all the same.
+    later = [message("events.click", 1, b"u2", raw(user_id="u2", page="cart"))]
+    await asyncio.wait_for(journeys.on_batch(later), timeout=5)
+    assert not commit.done()
+    assert ("attached sent", {"events.click/0": 1}) not in log
+    acknowledged.set()
+    assert await asyncio.wait_for(commit, timeout=5)
+    marker = ("state written", end_of_batch_key(0))
+    committed = ("offsets committed", {"events.click/0": 1})
+    assert log.index(("flushed", None)) < log.index(marker) < log.index(committed)
+    assert log.index(marker) < log.index(("attached sent", {"events.click/0": 1}))
+    assert ("state written", b"u2") not in log  # the next commit's
+
+
+async def test_a_commit_does_not_wait_for_another_one_that_waits_for_the_broker(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """A rebalance commits while the timer's commit waits for the broker. The rebalance waits
+    for its commit, and the timer's commit for the rebalance: neither may wait for the other.
+    No offset is committed before the writes are acknowledged."""
+    journeys, log = live
+    acknowledged = asyncio.Event()
+
+    async def flush() -> None:
+        await acknowledged.wait()
+
+    journeys.flush_producer = flush
+    consumer = CommittingConsumer(log)
+    consumer.done.set()
+    write_before_commits(consumer, [journeys])
+    await journeys.on_batch([message("events.click", 0, b"u1", raw(page="cart"))])
+    consumer.acked.append(0)
+    first = asyncio.create_task(consumer.force_commit())
+    await asyncio.sleep(0.05)
+    later = [message("events.click", 1, b"u2", raw(user_id="u2", page="cart"))]
+    await asyncio.wait_for(journeys.on_batch(later), timeout=5)
+    consumer.acked.append(1)
+    second = asyncio.create_task(consumer.force_commit())
+    await asyncio.sleep(0.05)
+    assert ("state written", b"u2") in log
+    assert ("offsets chosen", {"events.click/0": 2}) in log  # the second got this far
+    assert not [entry for entry in log if entry[0] == "offsets committed"]
+    acknowledged.set()
+    assert all(await asyncio.wait_for(asyncio.gather(first, second), timeout=5))
+    assert [offsets for what, offsets in log if what == "offsets committed"] == [
+        {"events.click/0": 1},
+        {"events.click/0": 2},
+    ]
 
 
 async def test_marks_wait_in_the_outbox_for_the_commit_and_go_before_the_states(

@@ -27,22 +27,20 @@ def event_context(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-async def write_partitions(
-    table: BytesTable,
-    unwritten: dict[int, Any],
-    write: Callable[[int], int],
-    flush: Callable[[], Awaitable[None]] | None,
-) -> None:
+def write_partitions(
+    unwritten: dict[int, Any], write: Callable[[int], int]
+) -> list[tuple[int, Any]]:
     """Write each partition with changes (`unwritten`: partition → one of its records):
     `write(partition)` runs in that record's event context and says how many table writes it
-    made; then end the partitions written (`end_batch`) and forget what was unwritten."""
+    made. Nothing is waited for: returns (partition, event) for each partition written, what
+    `end_batch` then needs, and forgets what was unwritten."""
     written: list[tuple[int, Any]] = []
     for partition, event in unwritten.items():
         with event_context(event):
             if write(partition):
                 written.append((partition, event))
     unwritten.clear()
-    await end_batch(table, written, flush)
+    return written
 
 
 async def end_batch(

@@ -24,6 +24,7 @@ late once applied) and records (same id), never loses them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from linkwatch.entities import (
     load_signal,
     signal_order,
 )
-from linkwatch.event_context import write_partitions
+from linkwatch.event_context import end_batch, write_partitions
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import (
     MAX_VALUE_BYTES,
@@ -292,6 +293,11 @@ class LiveEntities:
         """`write_pending` for a caller that holds `lock`."""
         await self._write()
 
+    async def start_write(self) -> Callable[[], Awaitable[None]]:
+        """The part of `write_held` that needs `lock`; returns the rest (as
+        `LiveJourneys.start_write`)."""
+        return await self._start_write()
+
     async def _on_batch(self, events: Sequence[Any]) -> None:
         outputs: list[EntityOutput] = []
         higher_marks: list[tuple[int, int, int]] = []  # (level, from partition, watermark)
@@ -327,6 +333,10 @@ class LiveEntities:
             await self.outbox.flush()
 
     async def _write(self) -> None:
+        finish = await self._start_write()
+        await finish()
+
+    async def _start_write(self) -> Callable[[], Awaitable[None]]:
         # The signals and marks the records' changes produced go first.
         await self.outbox.flush()
 
@@ -340,8 +350,9 @@ class LiveEntities:
                 changed += 1
             return changed
 
-        await write_partitions(self.records, self.unwritten, write, self.flush_producer)
+        written = write_partitions(self.unwritten, write)
         self.progress_due.clear()
+        return functools.partial(end_batch, self.records, written, self.flush_producer)
 
     def _offer_all(self, stage: EntityStage, signals: list[Any], message: Any) -> None:
         """The signals of a packed record, each on its own: a bad one costs itself only."""

@@ -179,6 +179,13 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.commit_pause = Histogram(
+            "linkwatch_commit_pause_seconds",
+            "How long each offset commit held the agents (while it wrote their changed states "
+            "and Faust chose the offsets): records arriving then wait",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
         self._active_counts: dict[str, int] = {}
         self.flagged_events = Counter(
             "linkwatch_flagged_events_total",

@@ -19,8 +19,9 @@ context (RocksDB tables require it), and ticks are replayed after a crash like a
 Delivery: the agent takes records in batches (`take_events`). A batch's triggers are delivered
 (broker-acknowledged) before any state change of the batch is written, and Faust acks the
 batch's records only after that. Changed states wait for the next offset commit, which writes
-each of them once however many batches touched it, before it chooses the offsets to commit
-(`write_before_commits`); Faust flushes the producer before it commits. A crash can therefore
+each of them once however many batches touched it, before it chooses the offsets to commit,
+and waits for those writes to be acknowledged before it commits them (`write_before_commits`;
+the agents go on meanwhile); Faust flushes the producer before it commits. A crash can therefore
 repeat a trigger (same `trigger_id`), never lose one: it replays what came since the last
 commit.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -60,7 +62,7 @@ from linkwatch.entities import (
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
-from linkwatch.event_context import write_partitions
+from linkwatch.event_context import end_batch, write_partitions
 from linkwatch.events import Event, parse_ts
 from linkwatch.faust_sensor import setup_faust_sensor
 from linkwatch.hotreload import JourneysWatcher
@@ -69,7 +71,7 @@ from linkwatch.live_entities import LiveEntities, PartitionOf, SignalOutbox
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
-from linkwatch.producer_buffer import install_lean_buffer, unsent
+from linkwatch.producer_buffer import flush_sent, install_lean_buffer
 from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
@@ -321,7 +323,18 @@ class LiveJourneys:
         """`write_pending` for a caller that holds `lock`."""
         await self._write(wall_ms())
 
+    async def start_write(self) -> Callable[[], Awaitable[None]]:
+        """The part of `write_held` that needs `lock`: the signals and marks held are
+        delivered, and every changed state is written to the table but not waited for.
+        Returns the rest, which needs no lock (`end_batch`: wait for the writes, then end the
+        partitions written). An offset commit runs it after letting the agents go on."""
+        return await self._start_write(wall_ms())
+
     async def _write(self, now: int) -> None:
+        finish = await self._start_write(now)
+        await finish()
+
+    async def _start_write(self, now: int) -> Callable[[], Awaitable[None]]:
         if self.signal_outbox is not None:
             await self.signal_outbox.flush()
 
@@ -339,8 +352,9 @@ class LiveJourneys:
                 changed += 1
             return changed
 
-        await write_partitions(self.states, self.unwritten, write, self.flush_producer)
+        written = write_partitions(self.unwritten, write)
         self.progress_due.clear()
+        return functools.partial(end_batch, self.states, written, self.flush_producer)
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -611,25 +625,41 @@ class Writer(Protocol):
 
     async def write_pending(self) -> None: ...
     async def write_held(self) -> None: ...
+    async def start_write(self) -> Callable[[], Awaitable[None]]: ...
 
 
-def write_before_commits(consumer: Any, writers: Sequence[Writer]) -> None:
+def write_before_commits(
+    consumer: Any,
+    writers: Sequence[Writer],
+    on_pause: Callable[[float], None] = lambda _: None,
+) -> None:
     """Make each of the consumer's offset commits write the changed states first, and each
     writer write them only then (`write_on_commit`): a user's state is written once per
     commit interval, however many of their events arrived, instead of once per batch.
 
     Faust commits the offsets of acked records from a timer, on a rebalance and on stop, all
     through `force_commit`; wrapped here, it takes every writer's lock (an agent holds its
-    own while it handles a batch; Faust acks a batch's records only after that), writes,
-    and keeps the locks until Faust has chosen the offsets to commit. So every record acked
-    by then belongs to a batch that had ended, with its outputs delivered, and its states
-    are written before its offset is committed. The locks go as soon as the offsets are
-    chosen (seen through `_filter_committable_offsets`), not after the commit's round trips;
-    should Faust ever choose them elsewhere, they are held until the commit is done."""
+    own while it handles a batch; Faust acks a batch's records only after that), writes the
+    states to the tables (`start_write`), and keeps the locks until Faust has chosen the
+    offsets to commit (seen through `_filter_committable_offsets`). So every record acked by
+    then belongs to a batch that had ended, with its outputs delivered, and its states are
+    among those written. The agents go on from there: the rest of the write (waiting for the
+    broker to acknowledge it, ending the changelog partitions written) runs while they work,
+    and Faust sends nothing attached to the offsets and commits none of them before it is done
+    (`_handle_attached`, the first step of Faust's commit after choosing, waits for it).
+    Holding the locks through those round trips paused every agent for hundreds of
+    milliseconds per commit under load (bench/service.py latency). `on_pause` is told how
+    long each commit held the agents, in seconds.
+
+    Commits may overlap (one from the timer waiting for the broker, one from a rebalance):
+    each waits for its own writes, and for all written before them, since a flush waits for
+    everything sent before it. They must not wait for each other: the rebalance waits for its
+    commit, and the other commit's offsets wait for the rebalance."""
     if getattr(consumer, "_linkwatch_writes_first", False):
         return
     commit = consumer.force_commit
     choose = consumer._filter_committable_offsets
+    attach = consumer._handle_attached
     waiting: list[asyncio.Event] = []  # one per commit waiting for its offsets to be chosen
 
     def filter_committable_offsets(tps: Any) -> Any:
@@ -638,15 +668,28 @@ def write_before_commits(consumer: Any, writers: Sequence[Writer]) -> None:
             chosen.set()
         return offsets
 
+    async def handle_attached(*args: Any, **kwargs: Any) -> Any:
+        finishing = _commit_writes.get()
+        if finishing is not None:  # this commit's writes, acknowledged before any offset goes
+            await asyncio.shield(finishing)
+        return await attach(*args, **kwargs)
+
     async def force_commit(*args: Any, **kwargs: Any) -> Any:
         async with contextlib.AsyncExitStack() as held:
             for writer in writers:
                 await held.enter_async_context(writer.lock)
-            for writer in writers:
-                await writer.write_held()
+            paused = time.monotonic()
+            finishes = [await writer.start_write() for writer in writers]
+            finishing = asyncio.ensure_future(_run_in_order(finishes))
             chosen = asyncio.Event()
             waiting.append(chosen)
-            committing = asyncio.ensure_future(commit(*args, **kwargs))
+            # The commit's task sees its own writes (a commit may start while another one
+            # waits for the broker: a rebalance's, whose revocation that one's waits for).
+            token = _commit_writes.set(finishing)
+            try:
+                committing = asyncio.ensure_future(commit(*args, **kwargs))
+            finally:
+                _commit_writes.reset(token)
             chosen_wait = asyncio.ensure_future(chosen.wait())
             try:
                 await asyncio.wait({committing, chosen_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -656,13 +699,28 @@ def write_before_commits(consumer: Any, writers: Sequence[Writer]) -> None:
             finally:
                 chosen_wait.cancel()
                 waiting.remove(chosen)
-        return await committing
+                on_pause(time.monotonic() - paused)
+        did_commit = await committing
+        await finishing  # (with nothing to commit, Faust sends nothing attached)
+        return did_commit
 
     consumer._filter_committable_offsets = filter_committable_offsets
+    consumer._handle_attached = handle_attached
     consumer.force_commit = force_commit
     consumer._linkwatch_writes_first = True
     for writer in writers:
         writer.write_on_commit = True
+
+
+# The rest of the running commit's writes (`write_before_commits`), for its `_handle_attached`.
+_commit_writes: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.ContextVar(
+    "linkwatch_commit_writes", default=None
+)
+
+
+async def _run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    for step in steps:
+        await step()
 
 
 def hold_fetches_for(app: faust.App, seconds: float) -> None:
@@ -700,22 +758,6 @@ def signal_partitioner(partitions: int) -> PartitionOf:
         return int(partitioner(entity.encode(), every, None))
 
     return partition_of
-
-
-def flush_fully(producer: Any) -> Callable[[], Awaitable[None]]:
-    """Wait until every record sent through Faust's producer is acknowledged. Faust's own
-    `flush` returns once its send buffer has sent nothing for 0.1 s, which under load can
-    leave records in it; this repeats it until the buffer has handed every record over,
-    including the one it is handing over (`producer_buffer`). aiokafka's flush, which Faust's
-    ends with, waits for everything handed over."""
-
-    async def flush() -> None:
-        while True:
-            await producer.flush()
-            if not unsent(producer.buffer):
-                return
-
-    return flush
 
 
 def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWatchApp:
@@ -763,7 +805,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     install_lean_buffer(app.producer)
-    live.flush_producer = flush_fully(app.producer)
+    live.flush_producer = flush_sent(app.producer)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
     ui = WebUI(registry, lambda: live.journeys)
@@ -783,7 +825,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
-        write_before_commits(app.consumer, writers)
+        write_before_commits(app.consumer, writers, metrics.commit_pause.observe)
         live.highwater = app.consumer.highwater
         # Faust's record of committed offsets (filled when it seeks to them on assignment).
         committed = getattr(app.consumer, "_committed_offset", None)
@@ -917,7 +959,7 @@ def _entity_stage(
     )
 
     live.on_oversized = oversized_counter(metrics)
-    live.flush_producer = flush_fully(app.producer)
+    live.flush_producer = flush_sent(app.producer)
 
     @app.agent(signals, name="linkwatch.entities")
     async def entities_agent(stream: faust.StreamT[bytes]) -> None:
