@@ -135,6 +135,7 @@ TRICKLE_USERS = 64  # distinct users of the background trickle (spread over the 
 SIMULATED_START_MS = 1_732_233_600_000
 RECORDS = "linkwatch_events_total", "linkwatch_records_rejected_total"
 DELAY_HISTOGRAM = "linkwatch_deadline_fire_delay_seconds"
+PAUSE_HISTOGRAM = "linkwatch_commit_pause_seconds"
 
 
 class BenchError(Exception):
@@ -985,6 +986,19 @@ def dropoffs(received: list[tuple[float, bytes]], deadlines: dict[str, int]) -> 
     return first_triggers(received, deadlines, "dropoff")
 
 
+def histogram(samples: dict[str, float], name: str) -> dict[str, Any]:
+    """A histogram of the worker's (count, sum, cumulative buckets by upper bound)."""
+    return {
+        "count": total(samples, f"{name}_count"),
+        "sum_s": total(samples, f"{name}_sum"),
+        "buckets": {
+            key.split('le="', 1)[1].split('"', 1)[0]: value
+            for key, value in samples.items()
+            if key.startswith(f"{name}_bucket")
+        },
+    }
+
+
 def analyse(
     received: list[tuple[float, bytes]],
     deadlines: dict[str, int],
@@ -1023,15 +1037,7 @@ def analyse(
     every = [d for c in classes.values() for d in c["delay"]]
     began, count, rate = trickle
     trickle_end = max(last_event.values(), default=began)
-    worker_view = {
-        "count": total(samples, f"{DELAY_HISTOGRAM}_count"),
-        "sum_s": total(samples, f"{DELAY_HISTOGRAM}_sum"),
-        "buckets": {
-            key.split('le="', 1)[1].split('"', 1)[0]: value
-            for key, value in samples.items()
-            if key.startswith(f"{DELAY_HISTOGRAM}_bucket")
-        },
-    }
+    worker_view = histogram(samples, DELAY_HISTOGRAM)
     return {
         "carts": len(deadlines),
         "dropoffs_received": len(found),
@@ -1070,6 +1076,8 @@ def analyse(
             "event_to_trigger_ms": percentiles(immediate),
         },
         "worker_fire_delay_histogram": worker_view,
+        # How long each offset commit held the agents: records arriving then wait.
+        "worker_commit_pause_histogram": histogram(samples, PAUSE_HISTOGRAM),
         "broker_delivery_ms": probe,
     }
 
@@ -1122,6 +1130,13 @@ def print_latency(r: dict[str, Any]) -> None:
             f"  so delivery to the consumer adds about "
             f"{a['mean'] - w['sum_s'] / w['count'] * 1000:,.0f} ms on average (mean above: "
             f"{a['mean']:,.0f} ms)"
+        )
+    pause = r.get("worker_commit_pause_histogram")
+    if pause and pause["count"]:
+        buckets = "  ".join(f"<={le}: {n:.0f}" for le, n in pause["buckets"].items())
+        print(
+            f"  offset commits holding the agents: {pause['count']:.0f}, mean "
+            f"{pause['sum_s'] / pause['count'] * 1000:,.0f} ms; cumulative {buckets}"
         )
     for name, p in r["broker_delivery_ms"].items():
         print(
