@@ -1266,14 +1266,19 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"logs kept in {work}", file=sys.stderr)
     info["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {args.out}")
-    if args.keep_logs:
+    write_results(result, args.out, work, args.keep_logs)
+    return 0
+
+
+def write_results(result: dict[str, Any], out: Path, work: Path, keep_logs: bool) -> None:
+    """The JSON results file; the work dir (logs) removed unless asked to keep it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {out}")
+    if keep_logs:
         print(f"logs kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

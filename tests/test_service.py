@@ -575,17 +575,14 @@ async def test_states_are_written_once_per_commit_before_the_offsets_it_commits_
     assert log.count(("state written", b"u2")) == 1
 
 
-async def test_a_commit_lets_the_agents_go_while_the_broker_acknowledges_its_writes(
-    live: tuple[LiveJourneys, Log],
-) -> None:
-    """A commit holds the agents only while it writes the changed states to the table and
-    chooses its offsets. Waiting for the broker to acknowledge the writes, and ending the
-    changelog partitions after them, happen while batches go on, and before anything attached
-    to the offsets is sent or they are committed."""
-    journeys, log = live
+async def one_record_and_a_slow_broker(
+    journeys: LiveJourneys, log: Log
+) -> tuple[CommittingConsumer, asyncio.Event]:
+    """Commits write before they commit; one record handled and acked. The producer's flush
+    waits until the event returned is set (the broker's acknowledgement)."""
     acknowledged = asyncio.Event()
 
-    async def flush() -> None:  # the producer's flush, until the broker answers
+    async def flush() -> None:
         log.append(("flush", None))
         await acknowledged.wait()
         log.append(("flushed", None))
@@ -596,6 +593,18 @@ async def test_a_commit_lets_the_agents_go_while_the_broker_acknowledges_its_wri
     write_before_commits(consumer, [journeys])
     await journeys.on_batch([message("events.click", 0, b"u1", raw(page="cart"))])
     consumer.acked.append(0)
+    return consumer, acknowledged
+
+
+async def test_a_commit_lets_the_agents_go_while_the_broker_acknowledges_its_writes(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """A commit holds the agents only while it writes the changed states to the table and
+    chooses its offsets. Waiting for the broker to acknowledge the writes, and ending the
+    changelog partitions after them, happen while batches go on, and before anything attached
+    to the offsets is sent or they are committed."""
+    journeys, log = live
+    consumer, acknowledged = await one_record_and_a_slow_broker(journeys, log)
     commit = asyncio.create_task(consumer.force_commit())
     await asyncio.sleep(0.05)
     chosen = ("offsets chosen", {"events.click/0": 1})
@@ -622,17 +631,7 @@ async def test_a_commit_does_not_wait_for_another_one_that_waits_for_the_broker(
     for its commit, and the timer's commit for the rebalance: neither may wait for the other.
     No offset is committed before the writes are acknowledged."""
     journeys, log = live
-    acknowledged = asyncio.Event()
-
-    async def flush() -> None:
-        await acknowledged.wait()
-
-    journeys.flush_producer = flush
-    consumer = CommittingConsumer(log)
-    consumer.done.set()
-    write_before_commits(consumer, [journeys])
-    await journeys.on_batch([message("events.click", 0, b"u1", raw(page="cart"))])
-    consumer.acked.append(0)
+    consumer, acknowledged = await one_record_and_a_slow_broker(journeys, log)
     first = asyncio.create_task(consumer.force_commit())
     await asyncio.sleep(0.05)
     later = [message("events.click", 1, b"u2", raw(user_id="u2", page="cart"))]
