@@ -3,7 +3,7 @@
     .venv/bin/python bench/service.py [--events 100000] [--skip-throughput] [--skip-latency]
         [--worker-only] [--latency-users 200] [--batch N] [--trickle-seconds 20]
         [--trickle-rate half|N]
-        [--dead-end-probes 20]
+        [--dead-end-probes 20] [--worker-set NAME=VALUE ...]
         [--lateness 10s] [--profile-worker] [--keep-logs] [--out bench/results/service.json]
 
 Everything runs in one go on an embedded Tansu broker this script starts (and stops, on every
@@ -218,11 +218,17 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LINKWATCH_")}
 
 
+# Settings every worker this bench starts runs with, over the bench's own (--worker-set).
+WORKER_OVERRIDES: dict[str, str] = {}
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     env = clean_env()
     for name, value in settings.model_dump().items():
         if value is not None:
             env[f"LINKWATCH_{name.upper()}"] = str(value)
+    for name, value in WORKER_OVERRIDES.items():
+        env[f"LINKWATCH_{name.upper()}"] = value
     return env
 
 
@@ -1219,6 +1225,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the throughput worker under cProfile and print where it spends time",
     )
+    parser.add_argument(
+        "--worker-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every worker started (e.g. fetch_max_wait=0.02), over the bench's",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("--raw-consumer", metavar="SPEC", help=argparse.SUPPRESS)
@@ -1232,6 +1245,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--events, --latency-users and --trickle-rate must be positive")
     if args.lateness:
         parse_duration(args.lateness)
+    for setting in args.worker_set:
+        name, equals, value = setting.partition("=")
+        if not equals or name.lower() not in Settings.model_fields:
+            parser.error(f"--worker-set takes NAME=VALUE with a setting's name, not {setting!r}")
+        WORKER_OVERRIDES[name.lower()] = value
     return args
 
 
@@ -1248,6 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": " ".join([sys.executable, *sys.argv]),
         "machine": info,
+        "worker_overrides": dict(WORKER_OVERRIDES),
         "throughput": None,
         "latency": None,
     }
