@@ -86,10 +86,12 @@ $(QUIX_STAMP): bench/requirements-quix.txt
 
 ## bench: every contender on the same topic in one run (raw aiokafka, Quix Streams, Faust
 ## no-op / take / naive Table, the LinkWatch worker, replay), then deadline latency, then
-## replay beside its floor; tables on stdout, JSON in bench/results/. Not part of `make test`.
+## replay beside its floor, then one worker against a group of two (bench/scale_out.py);
+## tables on stdout, JSON in bench/results/. Not part of `make test`.
 bench: install $(QUIX_STAMP)
 	$(BIN)/python bench/service.py --events 200000
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/scale_out.py --events 200000
 
 bench-service: install
 	$(BIN)/python bench/service.py
