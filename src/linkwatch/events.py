@@ -278,6 +278,11 @@ _EXACT_TS_LIMIT_MS: Final = (1 << 33) * 1000
 _DAY_MS: Final = 86_400_000
 
 
+# Zero-padded numbers, looked up rather than formatted (a format spec is parsed per call).
+_TWO_DIGITS: Final = tuple(f"{n:02d}" for n in range(60))
+_THREE_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+
+
 @lru_cache(maxsize=256)
 def _day_prefix(day: int) -> str:
     """The "YYYY-MM-DDT" of an epoch day number (outputs cluster on few days: cached)."""
@@ -293,7 +298,8 @@ def format_ts(ms: int) -> str:
         seconds, milli = divmod(rest, 1000)
         minutes, second = divmod(seconds, 60)
         hour, minute = divmod(minutes, 60)
-        return f"{_day_prefix(day)}{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
+        two = _TWO_DIGITS
+        return f"{_day_prefix(day)}{two[hour]}:{two[minute]}:{two[second]}.{_THREE_DIGITS[milli]}Z"
     return (
         datetime.fromtimestamp(ms / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")
