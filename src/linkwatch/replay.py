@@ -110,7 +110,8 @@ def replay_lines(
         report.count_event(event, result.verdict)
         if result.outputs:
             emit(result.outputs)
-        run_entities()
+        if processor.watermark != moved_to:  # `run_entities` has nothing to do otherwise
+            run_entities()
     report.read = read
     emit(processor.flush(close_open=close_open))
     run_entities()

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from linkwatch.commerce import Commerce, space_of
 from linkwatch.engine import Output, Transition, Verdict
@@ -18,6 +18,8 @@ from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.suppression import Withheld, uplift_group
 from linkwatch.triggers import Resolution, Trigger
 
+# A tuple, not a union: `X | Y` would build a union object at every test.
+_PROFILE_OUTPUTS: Final = (FlaggedEvent, BotFlagged, Signal)
 # Per record class: whether it has a `type`, a `status` and a `tier`. Asking a pydantic model
 # for an attribute it lacks runs its Python __getattr__ and raises, once per record otherwise.
 _LABEL_ATTRIBUTES: dict[type, tuple[bool, bool, bool]] = {}
@@ -94,7 +96,7 @@ class Report:
                     self.recovery[group, "resolved"] += 1
                 elif out.reason == "resolved_while_held":  # back before the quiet hours ended
                     self.recovery["treated", "resolved"] += 1
-            elif isinstance(out, FlaggedEvent | BotFlagged | Signal):  # signals: the entity stage
+            elif isinstance(out, _PROFILE_OUTPUTS):  # signals: the entity stage
                 if not isinstance(out, Signal):
                     self.flagged["users" if isinstance(out, BotFlagged) else out.event.kind] += 1
             else:

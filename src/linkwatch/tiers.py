@@ -379,27 +379,29 @@ class Tiers:
         user_id = entity.partition(":")[2]
         tier = profile.tier
         assert tier is not None  # settled: every profile has a tier
-        in_ltv = self._within(profile, at, self.rules.ltv_window_days)
+        in_ltv = self._within(profile, at, self.rules.ltv_window_days) if profile.days else ()
         cause = (tier, str(at)) if credit is None else ("credits", credit.signal_id)
+        event_time = format_ts(at)
         return ProfileUpdate(
             update_id=derive_id("profile_update", user_id, *cause),
             user_id=user_id,
             tier=tier,
             previous_tier=previous,
             reason=reason,
-            event_time=format_ts(at),
-            first_seen=format_ts(profile.first_seen),
-            ltv=dict(_sum_amounts(day.spend for day in in_ltv)),
+            event_time=event_time,
+            first_seen=event_time if profile.first_seen == at else format_ts(profile.first_seen),
+            ltv=dict(_sum_amounts(day.spend for day in in_ltv)) if in_ltv else {},
             purchases=sum(day.purchases for day in in_ltv),
             shares=profile.shares,
+            # Dicts, validated into Credits by ProfileUpdate itself (one validator call).
             credits=[
-                Credits(
-                    hop=hop.hop,
-                    clicks=hop.clicks,
-                    new_users=hop.new_users,
-                    purchases=hop.purchases,
-                    revenue=dict(hop.revenue),
-                )
+                {
+                    "hop": hop.hop,
+                    "clicks": hop.clicks,
+                    "new_users": hop.new_users,
+                    "purchases": hop.purchases,
+                    "revenue": dict(hop.revenue),
+                }
                 for hop in profile.credits
             ],
         )
