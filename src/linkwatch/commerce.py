@@ -80,7 +80,9 @@ class Commerce:
     channels: dict[str, ChannelTotals] = field(default_factory=dict)
 
     def count(self, event: Event) -> None:
-        totals = self.channels.setdefault(event.channel, ChannelTotals())
+        totals = self.channels.get(event.channel)
+        if totals is None:  # not setdefault: that builds a ChannelTotals per event
+            totals = self.channels[event.channel] = ChannelTotals()
         measure = measure_of(event)
         if measure == "sound":
             totals.shares += 1

@@ -34,7 +34,7 @@ from linkwatch.state import (
     event_order,
 )
 from linkwatch.suppression import EMPTY_DELIVERY, Delivery, Suppression, Withheld
-from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, TriggerContext, derive_id
+from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, derive_id
 
 # Idle users (no open instance, nothing buffered) keep their de-dup memory this long in event
 # time after their newest event, then their state is dropped so finished journeys cost nothing
@@ -342,8 +342,10 @@ class JourneyEngine:
         copied: dict[str, Instance] | None = None  # copy-on-write: the input is never mutated
         for journey in journeys:
             name = journey.name
-            inst = instances.get(name)
-            waiting = awaiting.get(name)
+            inst = instances.get(name) if instances else None
+            waiting = awaiting.get(name) if awaiting else None
+            if inst is None and waiting is None and not journey.steps[0].matcher.matches(event):
+                continue  # the usual case: nothing open, and the event starts nothing (`_step`)
             if waiting is not None and event.ts <= waiting.expires:
                 reached = _furthest_match(journey, waiting.missed, event)
                 if reached is not None:
@@ -508,7 +510,9 @@ class JourneyEngine:
             deadline=format_ts(inst.deadline),
             last_step_at=format_ts(inst.reached_at),
             started_by=inst.started_by,
-            context=TriggerContext(**inst.context._asdict()),
+            # A dict: validated into TriggerContext inside Trigger's own validation (one
+            # validator call per trigger instead of two).
+            context=inst.context._asdict(),
         )
         awaiting[journey.name] = Awaiting(
             trigger.trigger_id,
@@ -566,5 +570,5 @@ def dead_end_trigger(event: Event) -> Trigger:
         deadline=None,
         last_step_at=None,
         started_by=event.event_id,
-        context=TriggerContext(**context._asdict()),
+        context=context._asdict(),  # validated into TriggerContext (see _drop_off)
     )

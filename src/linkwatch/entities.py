@@ -190,18 +190,29 @@ class EntityStage:
             return Offered.LATE
         if sig.level not in self._wakeups or self.logic_of(sig.entity) is None:
             raise ValueError(f"no logic at level {sig.level} for entity {sig.entity!r}")
-        key = record_key(sig.level, sig.entity)
+        key = f"{sig.level}|{sig.entity}"  # record_key, inline: once per signal
         record = self.store.get(key)
         if record is None:
-            record = EntityRecord(None, ())
-        # Binary search, not a scan: a busy entity can hold thousands of signals while a
-        # lagging partition holds its watermark back. A redelivery is the same signal, so it
-        # sorts to the same place.
-        pending = record.pending
-        at = bisect.bisect_left(pending, signal_order(sig), key=signal_order)
-        if at < len(pending) and pending[at].signal_id == sig.signal_id:
-            return Offered.DUPLICATE
-        self.store[key] = EntityRecord(record.state, (*pending[:at], sig, *pending[at:]))
+            self.store[key] = EntityRecord(None, (sig,))
+        else:
+            pending = record.pending
+            last = pending[-1] if pending else None
+            if (
+                last is None
+                or last.ts < sig.ts
+                or (last.ts == sig.ts and last.signal_id < sig.signal_id)
+            ):
+                # After every signal buffered (the usual case): an append, no search.
+                pending = (*pending, sig)
+            else:
+                # Binary search, not a scan: a busy entity can hold thousands of signals
+                # while a lagging partition holds its watermark back. A redelivery is the
+                # same signal, so it sorts to the same place.
+                at = bisect.bisect_left(pending, signal_order(sig), key=signal_order)
+                if at < len(pending) and pending[at].signal_id == sig.signal_id:
+                    return Offered.DUPLICATE
+                pending = (*pending[:at], sig, *pending[at:])
+            self.store[key] = EntityRecord(record.state, pending)
         due = self._due.get(key)
         if due is None or sig.ts < due:
             self._schedule(sig.level, key, sig.ts)
@@ -224,23 +235,31 @@ class EntityStage:
         outputs: list[EntityOutput] = []
         wakeups = self._wakeups[level]
         due = self._due
+        store = self.store
+        logics = self.logics
+        heappop, heappush = heapq.heappop, heapq.heappush
         while wakeups and wakeups[0][0] <= watermark:
-            at, key = heapq.heappop(wakeups)
+            at, key = heappop(wakeups)
             if due.get(key) != at:
                 continue  # superseded by an earlier entry for the same key
             del due[key]
-            record = self.store.get(key)
+            record = store.get(key)
             if record is None:
                 continue
             entity = key.partition("|")[2]
-            logic = self.logic_of(entity)
+            logic = logics.get(entity.partition(":")[0])
             assert logic is not None  # offer() refused entities without logic
-            state, pending = self._run(logic, entity, record, watermark, outputs)
+            state, pending, wake = self._run(logic, entity, record, watermark, outputs)
             if state is None and not pending:
-                del self.store[key]
+                del store[key]
                 continue
-            self.store[key] = EntityRecord(state, pending)
-            self._schedule(level, key, _next_time(logic, state, pending))
+            store[key] = EntityRecord(state, pending)
+            # `_next_time`, from the wake `_run` already asked the logic for.
+            if pending and (wake is None or pending[0].ts < wake):
+                wake = pending[0].ts
+            assert wake is not None  # a state or a pending signal: see `_next_time`
+            due[key] = wake
+            heappush(wakeups, (wake, key))
         return outputs
 
     @staticmethod
@@ -250,13 +269,17 @@ class EntityStage:
         record: EntityRecord,
         watermark: int,
         outputs: list[EntityOutput],
-    ) -> tuple[Any | None, tuple[Signal, ...]]:
+    ) -> tuple[Any | None, tuple[Signal, ...], int | None]:
+        """Apply the due signals and wakes; the state, the signals left and the state's next
+        wake (None without a state), so the caller need not ask the logic again."""
         state, pending = record
         applied = 0
+        count = len(pending)
         woken: int | None = None
+        next_wake = logic.next_wake
         while True:
-            wake = logic.next_wake(state) if state is not None else None
-            upcoming = pending[applied] if applied < len(pending) else None
+            wake = next_wake(state) if state is not None else None
+            upcoming = pending[applied] if applied < count else None
             if wake is not None and wake <= watermark and (upcoming is None or wake <= upcoming.ts):
                 if woken is not None and wake <= woken:  # a logic bug must not hang the stage
                     raise RuntimeError(f"{entity}: next wake {wake} does not move past {woken}")
@@ -266,7 +289,7 @@ class EntityStage:
                 step = logic.apply(entity, state, upcoming)
                 applied += 1
             else:
-                return state, pending[applied:]
+                return state, pending[applied:], wake
             state = step.state
             outputs.extend(step.outputs)
 

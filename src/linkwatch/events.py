@@ -272,8 +272,34 @@ def parse_ts(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339).timestamp() * 1000)
 
 
+# Below 2^33 s the float `ms / 1000` is within half a microsecond of the exact time, so the
+# datetime path renders exactly `ms`: there the fast path below gives the same text.
+_EXACT_TS_LIMIT_MS: Final = (1 << 33) * 1000
+_DAY_MS: Final = 86_400_000
+
+
+# Zero-padded numbers, looked up rather than formatted (a format spec is parsed per call).
+_TWO_DIGITS: Final = tuple(f"{n:02d}" for n in range(60))
+_THREE_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+
+
+@lru_cache(maxsize=256)
+def _day_prefix(day: int) -> str:
+    """The "YYYY-MM-DDT" of an epoch day number (outputs cluster on few days: cached)."""
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat() + "T"
+
+
 def format_ts(ms: int) -> str:
     """Epoch ms → RFC 3339 UTC with milliseconds (the form every output uses)."""
+    if type(ms) is int and 0 <= ms < _EXACT_TS_LIMIT_MS:
+        # The hot path (every trigger and record has several): integer arithmetic, not a
+        # datetime built and formatted per call.
+        day, rest = divmod(ms, _DAY_MS)
+        seconds, milli = divmod(rest, 1000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        two = _TWO_DIGITS
+        return f"{_day_prefix(day)}{two[hour]}:{two[minute]}:{two[second]}.{_THREE_DIGITS[milli]}Z"
     return (
         datetime.fromtimestamp(ms / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")

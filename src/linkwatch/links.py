@@ -190,11 +190,10 @@ class LinkHealth:
             return EntityStep(state, [])
         close = (number + 1) * self.rules.bucket_ms
         if state is None:
-            state = LinkState((), None, close)
-        state = state._replace(
-            buckets=_add(state.buckets, add),
-            next_close=min(state.next_close, close),
-        )
+            state = LinkState((add,), None, close)
+        else:
+            buckets, broken_since, next_close = state
+            state = LinkState(_add(buckets, add), broken_since, min(next_close, close))
         kind = _kind(entity)
         outputs: list[EntityOutput] = []
         if signal.kind == "click":
@@ -206,8 +205,18 @@ class LinkHealth:
     def wake(self, entity: str, state: LinkState, at: int) -> EntityStep:
         bucket = self.rules.bucket_ms
         first = at // bucket - self._buckets_per_window  # oldest bucket number in the window
-        in_window = [b for b in state.buckets if first <= b.number < at // bucket]
-        total = reduce(_plus, in_window, Bucket(0))
+        end = at // bucket
+        # The window's totals (`_plus` over its buckets), added up in one pass.
+        clicks = share_clicks = dead_ends = 0
+        dropoffs: tuple[tuple[str, int], ...] = ()
+        for b in state.buckets:
+            if first <= b.number < end:
+                clicks += b.clicks
+                share_clicks += b.share_clicks
+                dead_ends += b.dead_ends
+                if b.dropoffs:
+                    dropoffs = _merge(dropoffs, b.dropoffs)
+        total = Bucket(0, clicks, share_clicks, dead_ends, dropoffs)
         reasons = self._reasons(total)
         outputs: list[EntityOutput] = []
         broken_since = state.broken_since
@@ -299,6 +308,14 @@ def _kind(entity: str) -> EntityKind:
 
 def _add(buckets: tuple[Bucket, ...], add: Bucket) -> tuple[Bucket, ...]:
     """`buckets` with `add` counted into the bucket of its number (kept in order)."""
+    # Signals mostly come in time order: into the last bucket, or a new one after it.
+    if not buckets:
+        return (add,)
+    last = buckets[-1]
+    if last.number == add.number:
+        return (*buckets[:-1], _plus(add, last))
+    if last.number < add.number:
+        return (*buckets, add)
     before = tuple(b for b in buckets if b.number < add.number)
     after = tuple(b for b in buckets if b.number > add.number)
     merged = reduce(_plus, (b for b in buckets if b.number == add.number), add)
@@ -320,6 +337,11 @@ def _merge(
     a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]
 ) -> tuple[tuple[str, int], ...]:
     """Per-journey counts of both, sorted by journey."""
+    # Either side empty: the other, already sorted with one count per journey.
+    if not b:
+        return a
+    if not a:
+        return b
     counts = dict(a)
     for journey, n in b:
         counts[journey] = counts.get(journey, 0) + n

@@ -26,7 +26,7 @@ from linkwatch.events import (
 )
 from linkwatch.fission import final_level
 from linkwatch.signals import ENTITY_LEVEL, Signal, signal
-from linkwatch.triggers import REMEDIES, Cause, Trigger, TriggerContext, derive_id
+from linkwatch.triggers import REMEDIES, Cause, Trigger, derive_id
 
 if TYPE_CHECKING:
     from linkwatch.journeys import JourneySet, Matcher
@@ -286,7 +286,7 @@ class Profiles:
     def fire(self, user_id: str, profile: Profile, deadline: int) -> tuple[Profile, Trigger | None]:
         """The retention trigger due at `deadline` (None while the user is flagged: no budget
         spent on bots); the profile remembers it was handled."""
-        handled = profile._replace(reminded=deadline)
+        handled = Profile(*profile[:7], deadline, *profile[8:])  # reminded = deadline
         if deadline < profile.flagged_until:
             return handled, None
         kind = NOT_RETAINED if profile.retained is None else DORMANT
@@ -307,7 +307,8 @@ class Profiles:
             deadline=at,
             last_step_at=format_ts(profile.last_active),
             started_by=setter,
-            context=TriggerContext(channel=profile.channel, ref_share_id=profile.via_share),
+            # A dict, validated into TriggerContext by Trigger (one validator call, not two).
+            context={"channel": profile.channel, "ref_share_id": profile.via_share},
         )
         return handled, trigger
 

@@ -65,15 +65,18 @@ def replay_lines(
     features = features_of(journeys)
     moved_to: int | None = None  # the watermark the entity stage last ran to
 
+    topic_records = (Trigger, Resolution)  # a tuple: `Trigger | Resolution` is built per use
+
     def emit(outputs: list[Output]) -> None:
         count_outputs(outputs)
         if on_trigger is not None:
             for out in outputs:
-                if isinstance(out, Trigger | Resolution):
+                if isinstance(out, topic_records):
                     on_trigger(out)
         if entities is not None:
+            offer = entities.offer
             for sig in derive_signals(outputs, features):
-                if entities.offer(sig) is not Offered.ACCEPTED:
+                if offer(sig) is not Offered.ACCEPTED:
                     report.signals_refused += 1
 
     def run_entities() -> None:
@@ -107,7 +110,8 @@ def replay_lines(
         report.count_event(event, result.verdict)
         if result.outputs:
             emit(result.outputs)
-        run_entities()
+        if processor.watermark != moved_to:  # `run_entities` has nothing to do otherwise
+            run_entities()
     report.read = read
     emit(processor.flush(close_open=close_open))
     run_entities()

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from linkwatch.commerce import Commerce, space_of
 from linkwatch.engine import Output, Transition, Verdict
@@ -17,6 +17,28 @@ from linkwatch.profile import BotFlagged, FlaggedEvent
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.suppression import Withheld, uplift_group
 from linkwatch.triggers import Resolution, Trigger
+
+# A tuple, not a union: `X | Y` would build a union object at every test.
+_PROFILE_OUTPUTS: Final = (FlaggedEvent, BotFlagged, Signal)
+# Per record class: whether it has a `type`, a `status` and a `tier`. Asking a pydantic model
+# for an attribute it lacks runs its Python __getattr__ and raises, once per record otherwise.
+_LABEL_ATTRIBUTES: dict[type, tuple[bool, bool, bool]] = {}
+
+
+def _record_labels(record: Any) -> tuple[str, str]:
+    """(kind, status) of a published record: its `type` (else its class name) and its
+    `status` (else its `tier`, else "")."""
+    cls = type(record)
+    has = _LABEL_ATTRIBUTES.get(cls)
+    if has is None:
+        has = (hasattr(record, "type"), hasattr(record, "status"), hasattr(record, "tier"))
+        config = getattr(cls, "model_config", None)
+        if not (isinstance(config, dict) and config.get("extra") == "allow"):
+            _LABEL_ATTRIBUTES[cls] = has  # the same for every instance: no extra attributes
+    has_type, has_status, has_tier = has
+    kind = str(record.type) if has_type else cls.__name__
+    status = str(record.status) if has_status else str(record.tier) if has_tier else ""
+    return kind, status
 
 
 @dataclass
@@ -74,22 +96,25 @@ class Report:
                     self.recovery[group, "resolved"] += 1
                 elif out.reason == "resolved_while_held":  # back before the quiet hours ended
                     self.recovery["treated", "resolved"] += 1
-            elif isinstance(out, FlaggedEvent | BotFlagged | Signal):  # signals: the entity stage
+            elif isinstance(out, _PROFILE_OUTPUTS):  # signals: the entity stage
                 if not isinstance(out, Signal):
                     self.flagged["users" if isinstance(out, BotFlagged) else out.event.kind] += 1
             else:
                 self._count_transition(out)
 
     def count_entity_outputs(self, outputs: Iterable[EntityOutput]) -> None:
+        records = self.records
+        measures = self.measures
         for out in outputs:
             if isinstance(out, Published):
                 record = out.record
-                kind = str(getattr(record, "type", type(record).__name__))
-                status = str(getattr(record, "status", getattr(record, "tier", "")))
-                self.records[out.topic, kind, status] += 1
+                records[(out.topic, *_record_labels(record))] += 1
             elif isinstance(out, Measure):
-                totals = self.measures.setdefault(out.name, {})
-                totals[out.labels] = totals.get(out.labels, 0.0) + out.amount
+                totals = measures.get(out.name)
+                if totals is None:
+                    totals = measures[out.name] = {}
+                labels = out.labels
+                totals[labels] = totals.get(labels, 0.0) + out.amount
 
     def _count_transition(self, t: Transition) -> None:
         if t.outcome == "started":

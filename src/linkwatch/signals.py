@@ -50,7 +50,9 @@ def signal(
 ) -> Signal:
     """A signal whose id derives from the entity, the kind and what caused it (`why`). Ids are
     never published, so they are length-prefixed strings, not hashes (cheaper)."""
-    signal_id = "".join(f"{len(part)}:{part}" for part in (entity, kind, *why))
+    signal_id = f"{len(entity)}:{entity}{len(kind)}:{kind}"
+    for part in why:  # a loop, not a generator into join: one signal per applied event
+        signal_id += f"{len(part)}:{part}"
     return Signal(level, entity, kind, ts, signal_id, data)
 
 

@@ -219,8 +219,11 @@ class Tiers:
         if signal.kind not in ("seen", "purchase", "share", "credit"):
             return EntityStep(state, [])
         ts = signal.ts
-        profile: UserProfile = state or UserProfile(ts, ts, ts, None, (), 0, ())
-        profile = profile._replace(last_active=ts, now=ts)  # wakes drop days that lapsed
+        if state is None:
+            profile = UserProfile(ts, ts, ts, None, (), 0, ())
+        else:  # last_active and now move to ts (wakes drop days that lapsed)
+            first_seen, _, _, tier, days, shares, credits = state
+            profile = UserProfile(first_seen, ts, ts, tier, days, shares, credits)
         outputs: list[EntityOutput] = []
         data = signal.data
         if signal.kind == "purchase":
@@ -241,20 +244,29 @@ class Tiers:
     def wake(self, entity: str, state: Any, at: int) -> EntityStep:
         profile: UserProfile = state
         forget = at >= self._forget_at(profile)
-        profile, outputs = self._settle(entity, self._prune(profile, at)._replace(now=at), at, [])
+        first_seen, last_active, _, tier, days, shares, credits = profile
+        if days:  # `_prune`, then now = at
+            days = tuple(self._within(profile, at, self.kept_days))
+        pruned = UserProfile(first_seen, last_active, at, tier, days, shares, credits)
+        profile, outputs = self._settle(entity, pruned, at, [])
         if not forget:
             return EntityStep(profile, outputs)
         return EntityStep(None, [*outputs, Measure("tier_users", (str(profile.tier),), -1)])
 
     def next_wake(self, state: Any) -> int:
+        """The earliest lapse after `now` (the end of "new", a day leaving a window), else
+        when the user is forgotten. Asked after every signal and wake: one pass, no lists."""
         profile: UserProfile = state
         rules = self.rules
-        lapses = [profile.first_seen + rules.new_for_ms] + [
-            (day.day + days) * DAY_MS
-            for day in profile.days
-            for days in (rules.repeat_within_days, rules.ltv_window_days)
-        ]
-        return min([t for t in lapses if t > profile.now], default=self._forget_at(profile))
+        now = profile.now
+        lapse = profile.first_seen + rules.new_for_ms
+        best = lapse if lapse > now else None
+        repeat, ltv = rules.repeat_within_days, rules.ltv_window_days
+        for day in profile.days:
+            for lapse in ((day.day + repeat) * DAY_MS, (day.day + ltv) * DAY_MS):
+                if lapse > now and (best is None or lapse < best):
+                    best = lapse
+        return best if best is not None else self._forget_at(profile)
 
     def dump(self, state: Any) -> Any:
         profile: UserProfile = state
@@ -293,16 +305,29 @@ class Tiers:
     def tier_at(self, profile: UserProfile, at: int) -> tuple[Tier, Reason]:
         """The tier that applies at event time `at` (the first rule that holds, top down)."""
         rules = self.rules
-        repeat = self._within(profile, at, rules.repeat_within_days)
-        ltv = self._within(profile, at, rules.ltv_window_days)
-        if sum(day.purchases for day in repeat) >= 2:
-            return Tier.CORE, "repeat_purchases"
-        if any(day.share_purchases for day in repeat):
-            return Tier.CORE, "share_driven_sales"
-        if any(day.purchases for day in ltv):
-            return Tier.VALUE, "purchase"
-        if sum(day.share_clicks for day in ltv) >= rules.seed_min_clicks:
-            return Tier.SEED, "share_clicks"
+        if profile.days:  # most users have no day in any window: nothing to add up
+            today = at // DAY_MS
+            repeat_from = today - rules.repeat_within_days
+            ltv_from = today - rules.ltv_window_days
+            repeat_purchases = ltv_clicks = 0
+            share_purchases = ltv_purchases = False
+            for day in profile.days:
+                if day.day > repeat_from:
+                    repeat_purchases += day.purchases
+                    share_purchases = share_purchases or bool(day.share_purchases)
+                if day.day > ltv_from:
+                    ltv_purchases = ltv_purchases or bool(day.purchases)
+                    ltv_clicks += day.share_clicks
+            if repeat_purchases >= 2:
+                return Tier.CORE, "repeat_purchases"
+            if share_purchases:
+                return Tier.CORE, "share_driven_sales"
+            if ltv_purchases:
+                return Tier.VALUE, "purchase"
+            if ltv_clicks >= rules.seed_min_clicks:
+                return Tier.SEED, "share_clicks"
+        elif rules.seed_min_clicks <= 0:
+            return Tier.SEED, "share_clicks"  # 0 clicks reach it (as the sum of none did)
         if at < profile.first_seen + rules.new_for_ms:
             return Tier.NEW, "first_seen"
         return Tier.NORMAL, "default"
@@ -312,15 +337,13 @@ class Tiers:
         today = at // DAY_MS
         return [day for day in profile.days if day.day > today - days]
 
-    def _prune(self, profile: UserProfile, at: int) -> UserProfile:
-        return profile._replace(days=tuple(self._within(profile, at, self.kept_days)))
-
     def _forget_at(self, profile: UserProfile) -> int:
-        last_day = max((day.day for day in profile.days), default=None)
+        rules = self.rules
+        last_days = profile.days
         return max(
-            profile.last_active + self.rules.profile_ttl_ms,
-            profile.first_seen + self.rules.new_for_ms,
-            (last_day + self.kept_days) * DAY_MS if last_day is not None else 0,
+            profile.last_active + rules.profile_ttl_ms,
+            profile.first_seen + rules.new_for_ms,
+            (max(day.day for day in last_days) + self.kept_days) * DAY_MS if last_days else 0,
         )
 
     def _settle(
@@ -330,8 +353,8 @@ class Tiers:
         tier, reason = self.tier_at(profile, at)
         if tier == profile.tier:
             return profile, outputs
-        previous = profile.tier
-        profile = profile._replace(tier=tier)
+        first_seen, last_active, now, previous, days, shares, credits = profile
+        profile = UserProfile(first_seen, last_active, now, tier, days, shares, credits)
         update = self._update(entity, profile, at, previous, reason, None)
         outputs = [
             *outputs,
@@ -356,27 +379,29 @@ class Tiers:
         user_id = entity.partition(":")[2]
         tier = profile.tier
         assert tier is not None  # settled: every profile has a tier
-        in_ltv = self._within(profile, at, self.rules.ltv_window_days)
+        in_ltv = self._within(profile, at, self.rules.ltv_window_days) if profile.days else ()
         cause = (tier, str(at)) if credit is None else ("credits", credit.signal_id)
+        event_time = format_ts(at)
         return ProfileUpdate(
             update_id=derive_id("profile_update", user_id, *cause),
             user_id=user_id,
             tier=tier,
             previous_tier=previous,
             reason=reason,
-            event_time=format_ts(at),
-            first_seen=format_ts(profile.first_seen),
-            ltv=dict(_sum_amounts(day.spend for day in in_ltv)),
+            event_time=event_time,
+            first_seen=event_time if profile.first_seen == at else format_ts(profile.first_seen),
+            ltv=dict(_sum_amounts(day.spend for day in in_ltv)) if in_ltv else {},
             purchases=sum(day.purchases for day in in_ltv),
             shares=profile.shares,
+            # Dicts, validated into Credits by ProfileUpdate itself (one validator call).
             credits=[
-                Credits(
-                    hop=hop.hop,
-                    clicks=hop.clicks,
-                    new_users=hop.new_users,
-                    purchases=hop.purchases,
-                    revenue=dict(hop.revenue),
-                )
+                {
+                    "hop": hop.hop,
+                    "clicks": hop.clicks,
+                    "new_users": hop.new_users,
+                    "purchases": hop.purchases,
+                    "revenue": dict(hop.revenue),
+                }
                 for hop in profile.credits
             ],
         )

@@ -130,9 +130,11 @@ TopicRecord = Trigger | Resolution
 
 def derive_id(*parts: str) -> str:
     """A 128-bit hex id from its inputs. Parts are length-prefixed so no two tuples collide."""
-    digest = hashlib.blake2b(digest_size=16)
+    # One buffer hashed at once: the same digest as feeding the parts one by one, with far
+    # fewer calls (ids are derived for every trigger and record).
+    chunks: list[bytes] = []
     for part in parts:
         encoded = part.encode()
-        digest.update(len(encoded).to_bytes(4, "big"))
-        digest.update(encoded)
-    return digest.hexdigest()
+        chunks.append(len(encoded).to_bytes(4, "big"))
+        chunks.append(encoded)
+    return hashlib.blake2b(b"".join(chunks), digest_size=16).hexdigest()
