@@ -1080,6 +1080,12 @@ def analyse(
             "missing": sum(not in_holdout(u, HOLDOUT_PERCENT) for u in unanswered),
             # wall ms from handing the event to the producer to the trigger at a consumer
             "event_to_trigger_ms": percentiles(immediate),
+            # (ms from the trickle's start to the event, ms to its trigger), in sending order:
+            # whether slow ones come together, and when
+            "series": sorted(
+                (round(probes[user] - began), round(at - probes[user], 1))
+                for user, (at, _) in dead_ends.items()
+            ),
         },
         "worker_fire_delay_histogram": worker_view,
         # How long each offset commit held the agents: records arriving then wait.
