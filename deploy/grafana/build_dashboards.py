@@ -394,6 +394,7 @@ def marketing_board(_: JourneySet) -> Json:
 
 EVENTS, REJECTED = "linkwatch_events_total", "linkwatch_records_rejected_total"
 DELAY = "linkwatch_deadline_fire_delay_seconds"
+PAUSE = "linkwatch_commit_pause_seconds"
 
 
 def service_board(_: JourneySet) -> Json:
@@ -460,6 +461,9 @@ def service_board(_: JourneySet) -> Json:
         (per_second("faust_table_operations_total", "table, operation"), "{{table}} {{operation}}")
     ]
     b.add(series("Table operations/s", "Journey states, watermarks, entities.", ops, "ops"), 12)
+    pause = [(quantile(q, PAUSE), f"p{round(q * 100)}") for q in (0.5, 0.99)]
+    desc = "How long each offset commit held the agents (writing changed states); records wait."
+    b.add(series("Commit pause", desc, pause, "s"), 12)
 
     b.row("Rebalances and reloads")
     # Faust's rebalance timing histogram counts each completed rebalance; its
