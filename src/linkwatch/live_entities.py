@@ -293,11 +293,6 @@ class LiveEntities:
         """`write_pending` for a caller that holds `lock`."""
         await self._write()
 
-    async def start_write(self) -> Callable[[], Awaitable[None]]:
-        """The part of `write_held` that needs `lock`; returns the rest (as
-        `LiveJourneys.start_write`)."""
-        return await self._start_write()
-
     async def _on_batch(self, events: Sequence[Any]) -> None:
         outputs: list[EntityOutput] = []
         higher_marks: list[tuple[int, int, int]] = []  # (level, from partition, watermark)
@@ -333,10 +328,12 @@ class LiveEntities:
             await self.outbox.flush()
 
     async def _write(self) -> None:
-        finish = await self._start_write()
+        finish = await self.start_write()
         await finish()
 
-    async def _start_write(self) -> Callable[[], Awaitable[None]]:
+    async def start_write(self) -> Callable[[], Awaitable[None]]:
+        """The part of `write_held` that needs `lock`; returns the rest (as
+        `LiveJourneys.start_write`)."""
         # The signals and marks the records' changes produced go first.
         await self.outbox.flush()
 

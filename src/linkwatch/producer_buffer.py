@@ -21,7 +21,6 @@ same within the runs' noise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -62,12 +61,7 @@ class LeanProducerBuffer(ProducerBuffer):
         Unlike a flush, it does not wait for messages queued after them: under load the
         queue may never be empty."""
         while self.sent_total < count:
-            if self.state != "running" and self.size:  # as `flush_atmost`
-                raise RuntimeError("Cannot flush: Producer not Running")
-            self.message_sent.clear()
-            with contextlib.suppress(TimeoutError):  # re-check the state now and then
-                async with asyncio.timeout(IDLE_GIVE_UP_S):
-                    await self.message_sent.wait()
+            await self._next_send()  # (on a timeout: checks the state again, waits again)
 
     async def flush_atmost(self, max_messages: int | None) -> int:
         start = self.sent_total
@@ -77,16 +71,23 @@ class LeanProducerBuffer(ProducerBuffer):
             # while its last message is in flight).
             if not self.unsent or (max_messages is not None and flushed >= max_messages):
                 return flushed
-            if self.state != "running" and self.size:  # as Faust's: it will not send them
-                raise RuntimeError("Cannot flush: Producer not Running")
-            # (Stopping with only a record in flight: wait for it like any other. If its task
-            # is cancelled instead, `_send_pending` counts it all the same.)
-            self.message_sent.clear()
-            try:
-                async with asyncio.timeout(IDLE_GIVE_UP_S):
-                    await self.message_sent.wait()
-            except TimeoutError:
+            if not await self._next_send():
                 return self.sent_total - start
+
+    async def _next_send(self) -> bool:
+        """Wait for the next message handed over: False if none came in `IDLE_GIVE_UP_S`.
+        Raises, as Faust's buffer does, when stopped with messages queued (it will not send
+        them). Stopping with only a message in flight waits for it like any other; if its task
+        is cancelled instead, `_send_pending` counts it all the same."""
+        if self.state != "running" and self.size:
+            raise RuntimeError("Cannot flush: Producer not Running")
+        self.message_sent.clear()
+        try:
+            async with asyncio.timeout(IDLE_GIVE_UP_S):
+                await self.message_sent.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 def install_lean_buffer(producer: Any) -> None:
