@@ -344,8 +344,6 @@ class JourneyEngine:
             name = journey.name
             inst = instances.get(name) if instances else None
             waiting = awaiting.get(name) if awaiting else None
-            if inst is None and waiting is None and not journey.steps[0].matcher.matches(event):
-                continue  # the usual case: nothing open, and the event starts nothing (`_step`)
             if waiting is not None and event.ts <= waiting.expires:
                 reached = _furthest_match(journey, waiting.missed, event)
                 if reached is not None:

@@ -119,14 +119,9 @@ class PartitionProcessor:
             clock.seen_at = now_ms
             if clock.max_ts is None or ts > clock.max_ts:
                 clock.max_ts = ts
-        max_ts = self.max_ts
-        if max_ts is None or ts > max_ts:
-            self.max_ts = max_ts = ts
-        target: int | None
-        if now_ms is None and len(self.sources) == 1:
-            target = max_ts - self.lateness_ms  # `_event_watermark`, offline: one source
-        else:
-            target = self._event_watermark(now_ms, backlog)
+        if self.max_ts is None or ts > self.max_ts:
+            self.max_ts = ts
+        target = self._event_watermark(now_ms, backlog)
         outputs = accepted.outputs
         if target is not None and (watermark is None or target > watermark):
             outputs = outputs + self.advance_to(target) if outputs else self.advance_to(target)

@@ -286,7 +286,7 @@ class Profiles:
     def fire(self, user_id: str, profile: Profile, deadline: int) -> tuple[Profile, Trigger | None]:
         """The retention trigger due at `deadline` (None while the user is flagged: no budget
         spent on bots); the profile remembers it was handled."""
-        handled = Profile(*profile[:7], deadline, *profile[8:])  # reminded = deadline
+        handled = profile._replace(reminded=deadline)
         if deadline < profile.flagged_until:
             return handled, None
         kind = NOT_RETAINED if profile.retained is None else DORMANT
