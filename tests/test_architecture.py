@@ -70,6 +70,7 @@ SHELL = {
     "dev",
     "faust_sensor",
     "producer_buffer",
+    "commit_table",
 }
 
 

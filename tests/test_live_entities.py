@@ -106,6 +106,19 @@ async def test_a_batch_delivers_its_outputs_then_writes_each_record_once() -> No
     assert ("measures", 1) in log
 
 
+async def test_every_write_of_records_is_closed_by_the_partitions_progress() -> None:
+    """No mark moved anything, yet the progress follows the records: it closes them in their
+    changelog partition (`commit_table`), or a recovery would drop them as unfinished."""
+    log: Log = []
+    entities = live(log)
+    await entities.on_batch([Event(0, 0, signal_message(tally("a", 10, 0)))])
+    assert isinstance(entities.records, RecordingTable)
+    *records, progress = entities.records.contexts
+    assert any(key.endswith(b"tally:a") for key, _ in records)
+    assert progress == (progress_key(0), 0)  # last, in their changelog partition
+    assert orjson.loads(entities.records[progress_key(0)])["closes_commit"] is True
+
+
 async def test_a_failing_message_costs_that_message_not_the_batch() -> None:
     log: Log = []
     entities = live(log)

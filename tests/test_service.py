@@ -133,7 +133,13 @@ async def test_a_trigger_is_delivered_before_the_state_that_produced_it(
     journeys, log = live
     dead_end = raw(event_id="a", page="cart", landing_status=404)
     await journeys.on_event(message("events.click", 0, b"u1", dead_end))
-    assert log == [("trigger delivered", b"u1"), ("state written", b"u1")]
+    # The partition's progress closes the states written (`commit_table`).
+    assert log == [
+        ("trigger delivered", b"u1"),
+        ("state written", b"u1"),
+        ("state written", progress_key(0)),
+    ]
+    assert orjson.loads(journeys.states[progress_key(0)])["closes_commit"] is True
     partition, state = load_state(journeys.states[b"u1"])
     assert partition == 0
     assert state.recent  # the dedup memory that would hide a replayed event is now durable
@@ -155,9 +161,20 @@ async def test_a_batch_delivers_every_trigger_then_writes_each_changed_state_onc
     written = [i for i, (what, _) in enumerate(log) if what == "state written"]
     assert delivered
     assert max(delivered) < min(written)
-    assert sorted(key for what, key in log if what == "state written") == [b"u1", b"u2"]
-    # Each state went to its own partition: written in the context of one of its records.
-    assert sorted(journeys.states.contexts) == [(b"u1", 0), (b"u2", 1)]
+    assert sorted(key for what, key in log if what == "state written") == [
+        progress_key(0),
+        progress_key(1),
+        b"u1",
+        b"u2",
+    ]
+    # Each state went to its own partition: written in the context of one of its records,
+    # and closed there by that partition's progress, after it.
+    assert journeys.states.contexts == [
+        (b"u1", 0),
+        (progress_key(0), 0),
+        (b"u2", 1),
+        (progress_key(1), 1),
+    ]
     _, state = load_state(journeys.states[b"u1"])
     assert len(state.recent) == 3  # the three records of the batch (hashed ids)
 
@@ -348,6 +365,7 @@ async def test_a_batch_ends_each_changelog_it_wrote_with_a_marker_after_a_flush(
     marker = end_of_batch_key(0)
     assert log == [
         ("state written", b"u1"),
+        ("state written", progress_key(0)),
         ("producer flushed", None),
         ("state written", marker),
         ("producer flushed", None),

@@ -45,6 +45,7 @@ from linkwatch.entities import (
 from linkwatch.event_context import end_batch, write_partitions
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import (
+    CLOSES_COMMIT,
     MAX_VALUE_BYTES,
     BytesTable,
     WriteBackStore,
@@ -342,7 +343,7 @@ class LiveEntities:
             if store is None or stage is None:
                 return 0
             changed = store.flush()
-            if partition in self.progress_due:
+            if changed or partition in self.progress_due:  # it closes them (`commit_table`)
                 self._save(partition, stage)
                 changed += 1
             return changed
@@ -424,6 +425,7 @@ class LiveEntities:
                     str(level): {str(s): m for s, m in sources.items()}
                     for level, sources in self.marks.get(partition, {}).items()
                 },
+                CLOSES_COMMIT: True,
             }
         )
 

@@ -166,6 +166,19 @@ class Metrics:
             "for LINKWATCH_RECOVERY_STALL_TIMEOUT",
             registry=registry,
         )
+        self.unfinished_commits = Counter(
+            "linkwatch_unfinished_commits_total",
+            "Unfinished commits found at the end of a table recovery (a worker stopped in the "
+            "middle of writing one): their records dropped, the keys written again as restored",
+            ["table"],
+            registry=registry,
+        )
+        self.unfinished_commit_records = Counter(
+            "linkwatch_unfinished_commit_records_total",
+            "Changelog records of unfinished commits dropped at the end of a table recovery",
+            ["table"],
+            registry=registry,
+        )
         self.input_gaps = Counter(
             "linkwatch_input_gaps_total",
             "Input records never handed to this worker: offsets skipped after the last one "
@@ -253,6 +266,11 @@ class Metrics:
                 continue  # not declared by its logic: a bug, but not worth a stopped stream
             child = self._child(metric, *measure.labels) if measure.labels else metric
             child.inc(measure.amount)
+
+    def count_unfinished_commit(self, table: str, partition: int, records: int, keys: int) -> None:
+        """A table recovery dropped an unfinished commit (`commit_table`)."""
+        self.unfinished_commits.labels(table).inc()
+        self.unfinished_commit_records.labels(table).inc(records)
 
     def count_rejected(self, reason: RejectReason) -> None:
         self._child(self.rejected, reason.value).inc()

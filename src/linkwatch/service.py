@@ -50,6 +50,7 @@ from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
 from linkwatch.codec import Batch, BatchLimits, decode_message
+from linkwatch.commit_table import CommitTable
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.delivery import deliver_all
 from linkwatch.engine import JourneyEngine, Output
@@ -77,6 +78,7 @@ from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
 from linkwatch.store import (
+    CLOSES_COMMIT,
     PartitionStore,
     load_partitions,
     log_oversized,
@@ -346,8 +348,13 @@ class LiveJourneys:
             # The states just written were decided under this watermark (what was late,
             # what was forgotten): it is written with them, or a restart would judge
             # replayed records against an older one and decide differently. After them,
-            # in their changelog partition: never restored without them.
-            if partition in self.progress_due or loaded.watermark != self.saved.get(partition):
+            # in their changelog partition, it closes them (`commit_table`): they are never
+            # restored without it, nor it without them.
+            if (
+                changed
+                or partition in self.progress_due
+                or loaded.watermark != self.saved.get(partition)
+            ):
                 self._save_progress(partition, loaded, now)
                 changed += 1
             return changed
@@ -575,6 +582,7 @@ class LiveJourneys:
                     if processor.engine is self.engine
                     else shapes_of(processor.engine.journeys)  # a reload came mid-record
                 ),
+                CLOSES_COMMIT: True,
             }
         )
 
@@ -800,7 +808,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     ticks = app.topic(settings.topic_ticks, partitions=settings.partitions, **RAW)
     triggers = app.topic(settings.topic_triggers, partitions=settings.partitions, **RAW)
     dlq = app.topic(settings.topic_dlq, partitions=settings.partitions, **RAW)
-    states = _bytes_table(app, settings, "states", "Per-user journey state")
+    states = _bytes_table(app, settings, "states", "Per-user journey state", metrics)
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     install_lean_buffer(app.producer)
@@ -935,6 +943,7 @@ def _entity_stage(
         settings,
         "entities",
         "Per-entity aggregates: links, campaigns, groups, shares, sharers",
+        metrics,
     )
 
     def new_stage(store: Any) -> EntityStage:
@@ -979,12 +988,22 @@ def _held(stores: dict[int, Any]) -> int:
     return sum(len(store) for store in stores.values())
 
 
-def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
+def _bytes_table(
+    app: faust.App, settings: Settings, name: str, help: str, metrics: Metrics | None = None
+) -> Any:
     """A table of raw bytes (bytes key and value types make Faust use the raw codec for its
-    changelog); we encode the values ourselves."""
-    return app.Table(
-        name, partitions=settings.partitions, key_type=bytes, value_type=bytes, help=help
-    )
+    changelog); we encode the values ourselves. With `metrics`, a table written in whole
+    commits (`CommitTable`), whose unfinished ones they count; without, Faust's (legacy)."""
+    options: dict[str, Any] = {
+        "partitions": settings.partitions,
+        "key_type": bytes,
+        "value_type": bytes,
+    }
+    if metrics is None:
+        return app.Table(name, help=help, **options)
+    table = CommitTable(app, name=name, beacon=app.tables.beacon, help=help, **options)
+    table.on_unfinished = functools.partial(metrics.count_unfinished_commit, name)
+    return app.tables.add(table)
 
 
 def _credentials(settings: Settings) -> Any:

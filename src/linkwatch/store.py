@@ -126,14 +126,20 @@ def end_of_batch_key(partition: int) -> bytes:
     return b"\x00end-of-batch:" + str(partition).encode()
 
 
+# Keys of progress records start with this (see `progress_key`).
+PROGRESS_PREFIX: Final = b"\x00progress:"
+# In a progress record: its writer ends every commit's writes to a partition with one.
+CLOSES_COMMIT: Final = "closes_commit"
+
+
 def progress_key(partition: int) -> bytes:
     """The key of a partition's progress (watermark, sources, marks) in the table that holds
     its states. Same table, so same changelog partition, and written after the states it was
-    decided with: a recovery that stops short of a partition's end (see `end_of_batch_key`)
-    restores a prefix of it, so never progress without those states. (In a table of its own
-    it could: the kill -9 test restored a watermark that had passed events whose states were
-    cut off, and replayed them as late.)"""
-    return b"\x00progress:" + str(partition).encode()
+    decided with, at every write of them: it closes them (`commit_table`), so a recovery
+    restores states and progress of the same commit. (In a table of its own it could not: the
+    kill -9 test restored a watermark that had passed events whose states were cut off, and
+    replayed them as late.)"""
+    return PROGRESS_PREFIX + str(partition).encode()
 
 
 def load_partitions(

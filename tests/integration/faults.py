@@ -69,7 +69,7 @@ class Delivered:
 
 def _example(kind: str, raw: bytes) -> str:
     record = orjson.loads(raw)
-    fields = ("type", "journey", "last_step", "missed_step", "deadline", "event_time")
+    fields = ("user_id", "type", "journey", "last_step", "missed_step", "deadline", "event_time")
     return f"{kind}: " + " ".join(f"{f}={record.get(f)}" for f in fields if record.get(f))
 
 

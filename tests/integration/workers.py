@@ -156,6 +156,12 @@ def sum_metric(
 
 async def read_topic(settings: Settings, topic: str) -> list[Any]:
     """Every record now in `topic` (no consumer group), as (key, value) pairs."""
+    return [(m.key, m.value) for m in await read_messages(settings, topic)]
+
+
+async def read_messages(settings: Settings, topic: str) -> list[Any]:
+    """Every record now in `topic` (no consumer group), as aiokafka hands it over (partition,
+    offset, key, value...), in each partition's order."""
     consumer = AIOKafkaConsumer(**settings.aiokafka_options(), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -179,7 +185,7 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
             batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
             quiet_polls = 0 if batch else quiet_polls + 1
             for messages in batch.values():
-                records.extend((m.key, m.value) for m in messages)
+                records.extend(messages)
         return records
     finally:
         await consumer.stop()
