@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.produce import endless_traffic, produce
@@ -37,6 +36,7 @@ from tests.integration.workers import (
     prepare,
     read_messages,
     run,
+    send_raw,
     sum_metric,
     wait_for,
 )
@@ -96,7 +96,7 @@ def test_a_commit_cut_short_is_not_restored(kafka_settings: Settings, tmp_path: 
     (written,) = [m for m in run(read_messages(settings, changelog)) if m.key == b"cut-user"]
     # What a kill in the middle of the next commit leaves behind: part of it (the user
     # deleted, as a watermark passing their expiry would), no progress record.
-    cut = run(send_one(settings, changelog, written.partition, b"cut-user", None))
+    cut = run(send_raw(settings, changelog, b"cut-user", None, written.partition))
     with WorkerProcess(settings, tmp_path, name="second") as second:
         unfinished = "linkwatch_unfinished_commits_total"
         assert second.metrics_value(unfinished, table="states") == 1, second.tail_log()
@@ -110,19 +110,6 @@ def test_a_commit_cut_short_is_not_restored(kafka_settings: Settings, tmp_path: 
         if (m.partition, m.key) == (written.partition, b"cut-user") and m.offset > cut
     ]
     assert after == [written.value]
-
-
-async def send_one(
-    settings: Settings, topic: str, partition: int, key: bytes, value: bytes | None
-) -> int:
-    """Append one record to a topic partition; its offset."""
-    producer = AIOKafkaProducer(**settings.aiokafka_options())
-    await producer.start()
-    try:
-        sent = await producer.send_and_wait(topic, value, key=key, partition=partition)
-        return int(sent.offset)
-    finally:
-        await producer.stop()
 
 
 @pytest.mark.parametrize(

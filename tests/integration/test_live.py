@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from linkwatch.deadletters import DeadLetter
 from linkwatch.journeys import load_journeys
@@ -30,6 +29,7 @@ from tests.integration.workers import (
     read_topic,
     resolution_ids,
     run,
+    send_raw,
     sum_metric,
     trigger_ids,
     wait_for,
@@ -62,15 +62,6 @@ def oracle(lines: list[bytes]) -> Oracle:
         close_open=True,  # the live worker ends there once idle partitions follow the clock
     )
     return Oracle(triggers, dead, records)
-
-
-async def send_raw(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
-    producer = AIOKafkaProducer(**settings.aiokafka_options(), acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
 
 
 @pytest.mark.timeout(900)

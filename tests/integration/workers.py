@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from linkwatch.broker import free_port, process_cpu_seconds
@@ -189,6 +189,23 @@ async def read_messages(settings: Settings, topic: str) -> list[Any]:
         return records
     finally:
         await consumer.stop()
+
+
+async def send_raw(
+    settings: Settings,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int | None = None,
+) -> int:
+    """Send one record as it is (to `partition`, or where its key goes); its offset."""
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, value, key=key, partition=partition)
+        return int(sent.offset)
+    finally:
+        await producer.stop()
 
 
 def trigger_ids(records: list[Any]) -> list[str]:
