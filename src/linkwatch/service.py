@@ -808,7 +808,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     ticks = app.topic(settings.topic_ticks, partitions=settings.partitions, **RAW)
     triggers = app.topic(settings.topic_triggers, partitions=settings.partitions, **RAW)
     dlq = app.topic(settings.topic_dlq, partitions=settings.partitions, **RAW)
-    states = _bytes_table(app, settings, "states", "Per-user journey state", metrics)
+    states = _commit_table(app, settings, "states", "Per-user journey state", metrics)
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     install_lean_buffer(app.producer)
@@ -938,7 +938,7 @@ def _entity_stage(
     signals = app.topic(settings.topic_signals, partitions=settings.partitions, **RAW)
     health = app.topic(settings.topic_health, partitions=settings.partitions, **RAW)
     profiles = app.topic(settings.topic_profiles, partitions=settings.partitions, **RAW)
-    records = _bytes_table(
+    records = _commit_table(
         app,
         settings,
         "entities",
@@ -988,22 +988,26 @@ def _held(stores: dict[int, Any]) -> int:
     return sum(len(store) for store in stores.values())
 
 
-def _bytes_table(
-    app: faust.App, settings: Settings, name: str, help: str, metrics: Metrics | None = None
-) -> Any:
+def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
     """A table of raw bytes (bytes key and value types make Faust use the raw codec for its
-    changelog); we encode the values ourselves. With `metrics`, a table written in whole
-    commits (`CommitTable`), whose unfinished ones they count; without, Faust's (legacy)."""
-    options: dict[str, Any] = {
-        "partitions": settings.partitions,
-        "key_type": bytes,
-        "value_type": bytes,
-    }
-    if metrics is None:
-        return app.Table(name, help=help, **options)
-    table = CommitTable(app, name=name, beacon=app.tables.beacon, help=help, **options)
+    changelog); we encode the values ourselves."""
+    return app.Table(name, help=help, **_bytes_options(settings))
+
+
+def _commit_table(
+    app: faust.App, settings: Settings, name: str, help: str, metrics: Metrics
+) -> CommitTable:
+    """A table of raw bytes written in whole commits (`CommitTable`): states and their
+    progress. The unfinished commits its recoveries drop are counted."""
+    table = CommitTable(
+        app, name=name, beacon=app.tables.beacon, help=help, **_bytes_options(settings)
+    )
     table.on_unfinished = functools.partial(metrics.count_unfinished_commit, name)
-    return app.tables.add(table)
+    return cast(CommitTable, app.tables.add(table))
+
+
+def _bytes_options(settings: Settings) -> dict[str, Any]:
+    return {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
 
 
 def _credentials(settings: Settings) -> Any:
