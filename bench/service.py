@@ -4,7 +4,8 @@
         [--worker-only] [--latency-users 200] [--batch N] [--trickle-seconds 20]
         [--trickle-rate half|N]
         [--dead-end-probes 20] [--worker-set NAME=VALUE ...]
-        [--lateness 10s] [--profile-worker] [--keep-logs] [--out bench/results/service.json]
+        [--lateness 10s] [--profile-worker] [--trace-worker DIR] [--keep-logs]
+        [--out bench/results/service.json]
 
 Everything runs in one go on an embedded Tansu broker this script starts (and stops, on every
 exit path, with every process it started).
@@ -91,6 +92,7 @@ from aiokafka import (
     TopicPartition,
 )
 
+import trace_worker  # bench/, beside this script
 from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.datasets import amplify, rees46_events
 from linkwatch.journeys import load_journeys, parse_duration
@@ -780,12 +782,12 @@ async def latency(
         settings.topic_dlq,
     ]
     await ensure_topics(settings, names, PARTITIONS)
-    child = Child(
-        "latency worker",
-        [sys.executable, "-m", "linkwatch.worker"],
-        worker_env(settings),
-        work / "worker-latency.log",
-    ).start()
+    env = worker_env(settings)
+    command = [sys.executable, "-m", "linkwatch.worker"]
+    if args.trace_worker:
+        env["TRACE_WORKER_DIR"] = str(args.trace_worker)
+        command = [sys.executable, str(ROOT / "bench" / "trace_worker.py")]
+    child = Child("latency worker", command, env, work / "worker-latency.log").start()
     stack.callback(child.stop)
     url = f"http://127.0.0.1:{settings.web_port}"
     await wait_ready(child, url)
@@ -799,7 +801,9 @@ async def latency(
     producer = AIOKafkaProducer(
         bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0, enable_idempotence=False
     )
-    received: list[tuple[float, bytes]] = []
+    # (wall ms at this consumer, value, the record's timestamp: when the worker's producer
+    # took the trigger)
+    received: list[tuple[float, bytes, int]] = []
     stop = asyncio.Event()
 
     async def receive() -> None:
@@ -807,7 +811,7 @@ async def latency(
             batch = await consumer.getmany(timeout_ms=100)
             now = time.time() * 1000
             for messages in batch.values():
-                received.extend((now, m.value) for m in messages)
+                received.extend((now, m.value, m.timestamp) for m in messages)
 
     await consumer.start()
     await producer.start()
@@ -851,6 +855,7 @@ async def latency(
         # trigger at once, so arrival - send is event -> immediate trigger under this load.
         probe_every = max(1, round(rate / args.dead_end_probes)) if args.dead_end_probes else 0
         probes: dict[str, float] = {}  # probe user -> wall ms when handed to the producer
+        acked: dict[str, float] = {}  # probe user -> wall ms when the broker acknowledged it
         trickle_users = max(TRICKLE_USERS, round(rate))
         trickle = []
         began = wall_ms()
@@ -873,7 +878,10 @@ async def latency(
                 user = view["user_id"] = f"{tag}-probe-{k}"
                 view["landing_status"] = 404
                 probes[user] = time.time() * 1000
-            trickle.append((ts, await producer.send(click, orjson.dumps(view), key=user.encode())))
+            sent = await producer.send(click, orjson.dumps(view), key=user.encode())
+            if user in probes:
+                sent.add_done_callback(lambda _, u=user: acked.setdefault(u, time.time() * 1000))
+            trickle.append((ts, sent))
             k += 1
             due_at += interval
             await asyncio.sleep(max(0.0, due_at - time.monotonic()))
@@ -911,6 +919,7 @@ async def latency(
         idle=idle,
         trickle=(began, k, rate),
         probes=probes,
+        acked=acked,
         samples=samples or {},
         probe=probe,
     )
@@ -975,19 +984,22 @@ async def fetch_delay_probe(
 
 
 def first_triggers(
-    received: list[tuple[float, bytes]], users: dict[str, Any], kind: str
-) -> dict[str, Any]:
-    """First arrival of each of `users`' triggers of type `kind`, by user."""
-    found: dict[str, Any] = {}
-    for at, value in received:
+    received: list[tuple[float, bytes, int]], users: dict[str, Any], kind: str
+) -> dict[str, tuple[float, dict[str, Any], int]]:
+    """First arrival of each of `users`' triggers of type `kind`, by user: (arrival, trigger,
+    record timestamp)."""
+    found: dict[str, tuple[float, dict[str, Any], int]] = {}
+    for at, value, produced in received:
         trigger = orjson.loads(value)
         user = trigger.get("user_id")
         if trigger.get("type") == kind and user in users and user not in found:
-            found[user] = (at, trigger)
+            found[user] = (at, trigger, produced)
     return found
 
 
-def dropoffs(received: list[tuple[float, bytes]], deadlines: dict[str, int]) -> dict[str, Any]:
+def dropoffs(
+    received: list[tuple[float, bytes, int]], deadlines: dict[str, int]
+) -> dict[str, tuple[float, dict[str, Any], int]]:
     """First arrival of each of our carts' drop-off triggers, by user."""
     return first_triggers(received, deadlines, "dropoff")
 
@@ -1006,7 +1018,7 @@ def histogram(samples: dict[str, float], name: str) -> dict[str, Any]:
 
 
 def analyse(
-    received: list[tuple[float, bytes]],
+    received: list[tuple[float, bytes, int]],
     deadlines: dict[str, int],
     cart_partition: dict[str, int],
     last_event: dict[int, int],
@@ -1017,16 +1029,26 @@ def analyse(
     samples: dict[str, float],
     probe: dict[str, Any],
     probes: dict[str, float],
+    acked: dict[str, float],
 ) -> dict[str, Any]:
     found = dropoffs(received, deadlines)
     dead_ends = first_triggers(received, probes, "dead_end")
-    immediate = [at - probes[user] for user, (at, _) in dead_ends.items()]
+    immediate = [at - probes[user] for user, (at, _, _) in dead_ends.items()]
+    # Where each probe's time went, by the wall clock of this machine: to the broker's ack of
+    # the event; from there to the worker's producer taking the trigger (the record's
+    # timestamp: the worker's fetch, its agents, its send buffer); from there to this consumer.
+    stages: dict[str, list[float]] = {"to_ack": [], "in_worker": [], "out": []}
+    for user, (at, _, produced) in dead_ends.items():
+        if user in acked:
+            stages["to_ack"].append(acked[user] - probes[user])
+            stages["in_worker"].append(produced - acked[user])
+            stages["out"].append(at - produced)
     unanswered = [user for user in probes if user not in dead_ends]
     classes: dict[str, dict[str, list[float]]] = {
         name: {"delay": [], "over": [], "floor": []} for name in ("event", "held", "quiet")
     }
     mismatched = 0
-    for user, (at, trigger) in found.items():
+    for user, (at, trigger, _) in found.items():
         due = deadline_ms(trigger["deadline"])
         mismatched += due != deadlines[user]
         last = last_event.get(cart_partition[user])
@@ -1080,11 +1102,12 @@ def analyse(
             "missing": sum(not in_holdout(u, HOLDOUT_PERCENT) for u in unanswered),
             # wall ms from handing the event to the producer to the trigger at a consumer
             "event_to_trigger_ms": percentiles(immediate),
+            "stages_ms": {name: percentiles(values) for name, values in stages.items()},
             # (ms from the trickle's start to the event, ms to its trigger), in sending order:
             # whether slow ones come together, and when
             "series": sorted(
                 (round(probes[user] - began), round(at - probes[user], 1))
-                for user, (at, _) in dead_ends.items()
+                for user, (at, _, _) in dead_ends.items()
             ),
         },
         "worker_fire_delay_histogram": worker_view,
@@ -1163,6 +1186,17 @@ def print_latency(r: dict[str, Any]) -> None:
         f"{i['received']}/{i['probes']} received ({i['held_out']} held out, {i['missing']} "
         f"missing): p50 {ms(e['p50'])} ms, p99 {ms(e['p99'])} ms, max {ms(e['max'])} ms"
     )
+    stage_names = {
+        "to_ack": "event sent -> broker ack",
+        "in_worker": "ack -> trigger taken by the worker's producer",
+        "out": "-> trigger at this consumer",
+    }
+    for name, p in i.get("stages_ms", {}).items():
+        if p["p50"] is not None:
+            print(
+                f"  {stage_names[name]:<48} p50 {ms(p['p50'])} ms, p99 {ms(p['p99'])} ms, "
+                f"max {ms(p['max'])} ms"
+            )
     if r["held_out"]:
         print(f"  {r['held_out']} drop-offs withheld: their users are in the holdout (expected)")
     if r["missing"]:
@@ -1232,6 +1266,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the throughput worker under cProfile and print where it spends time",
     )
     parser.add_argument(
+        "--trace-worker",
+        type=Path,
+        metavar="DIR",
+        help="run the latency worker under bench/trace_worker.py (trace in DIR) and print "
+        "where each probe's time went; the tracing costs CPU",
+    )
+    parser.add_argument(
         "--worker-set",
         action="append",
         default=[],
@@ -1286,6 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate = trickle_rate(args.trickle_rate, result["throughput"])
                 result["latency"] = asyncio.run(latency(broker, args, rate, work, stack))
                 print_latency(result["latency"])
+                if args.trace_worker:
+                    trace_worker.print_analysis(trace_worker.analyse(args.trace_worker))
         ok = True
     finally:
         if not ok:
