@@ -112,6 +112,34 @@ def test_the_worker_s_producer_has_the_lean_buffer(tmp_path: Any) -> None:
     assert app.producer.buffer.app is app
 
 
+def test_the_worker_s_buffer_holds_as_many_records_as_its_setting(tmp_path: Any) -> None:
+    assert create_app(Settings(data_dir=tmp_path)).app.producer.buffer.max_messages == 10_000
+    settings = Settings(data_dir=tmp_path, producer_buffer_max=5)
+    assert create_app(settings).app.producer.buffer.max_messages == 5
+
+
+@pytest.mark.parametrize(("bound", "input_waits"), [(10_000, False), (100, True)])
+async def test_a_commit_s_writes_stop_the_input_only_beyond_the_bound(
+    bound: int, input_waits: bool
+) -> None:
+    """Faust's conductor waits for `wait_until_ebb` before it hands each input record to a
+    stream. 500 writes queued (a commit under load), the producer not taking them yet: with
+    Faust's 100 the input stops until they drain; with the worker's bound it goes on."""
+    channel = Channel()
+    channel.gate.clear()
+    async with running(LeanProducerBuffer) as buffer:
+        buffer.max_messages = bound
+        for number in range(500):
+            buffer.put(pending(channel, number))
+        ebb = asyncio.create_task(buffer.wait_until_ebb())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert ebb.done() is not input_waits
+        channel.gate.set()
+        await ebb
+        await buffer.flush()
+
+
 def test_a_threaded_producer_keeps_faust_s_buffer() -> None:
     """Its buffer feeds the producer thread's own queue."""
     buffer = object()

@@ -811,7 +811,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     states = _commit_table(app, settings, "states", "Per-user journey state", metrics)
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
-    install_lean_buffer(app.producer)
+    install_lean_buffer(app.producer, max_messages=settings.producer_buffer_max)
     live.flush_producer = flush_sent(app.producer)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions

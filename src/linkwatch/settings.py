@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         "partition (fewer, larger requests: less CPU per record in worker and broker, at the "
         "cost of this much added latency)",
     )
+    producer_buffer_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="Records the worker's send buffer (table writes on their way to the "
+        "producer) may hold before the worker stops taking input until it drains; Faust's "
+        "100 stopped the input at every commit, whose writes come at once",
+    )
     commit_interval: float = Field(default=1.0, gt=0, description="Seconds between offset commits")
     fetch_max_wait: float = Field(
         default=0.1,
