@@ -71,6 +71,7 @@ SHELL = {
     "faust_sensor",
     "producer_buffer",
     "commit_table",
+    "eager_delivery",
 }
 
 
