@@ -71,7 +71,6 @@ SHELL = {
     "faust_sensor",
     "producer_buffer",
     "commit_table",
-    "eager_delivery",
 }
 
 

@@ -53,7 +53,6 @@ from linkwatch.codec import Batch, BatchLimits, decode_message
 from linkwatch.commit_table import CommitTable
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.delivery import deliver_all
-from linkwatch.eager_delivery import install_eager_delivery
 from linkwatch.engine import JourneyEngine, Output
 from linkwatch.entities import (
     EntityStage,
@@ -813,7 +812,6 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     watermarks = _bytes_table(app, settings, "watermarks", "Per-partition progress")
     live = LiveJourneys(settings, journeys, metrics, states, watermarks, triggers, dlq)
     install_lean_buffer(app.producer, max_messages=settings.producer_buffer_max)
-    install_eager_delivery(app)
     live.flush_producer = flush_sent(app.producer)
     linkwatch = LinkWatchApp(app, live, registry, settings)
     live.assigned = linkwatch.assigned_partitions
