@@ -102,6 +102,7 @@ from linkwatch.settings import Settings
 from linkwatch.simulate import daytime_zone, generate
 from linkwatch.suppression import in_holdout
 from linkwatch.topics import ensure_topics
+from nearest_rank import nearest_rank
 
 # The worker runs the default journeys, whose suppression keeps this share of users unmessaged.
 HOLDOUT_PERCENT = load_journeys().suppression.holdout_percent
@@ -723,13 +724,9 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "mean": None}
     ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
     return {
-        "p50": round(rank(0.5), 1),
-        "p99": round(rank(0.99), 1),
+        "p50": round(nearest_rank(ordered, 0.5), 1),
+        "p99": round(nearest_rank(ordered, 0.99), 1),
         "max": round(ordered[-1], 1),
         "mean": round(sum(ordered) / len(ordered), 1),
     }

@@ -27,7 +27,6 @@ import asyncio
 import atexit
 import collections
 import json
-import math
 import os
 import sys
 import threading
@@ -35,6 +34,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from nearest_rank import nearest_rank  # bench/, beside this script
 
 PROBE = b"-probe-"
 STALL_MS = 30.0
@@ -194,13 +195,8 @@ def _percentiles(values: list[float]) -> str:
     if not values:
         return "none"
     ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-    return (
-        f"p50 {rank(0.5):5.0f}  p90 {rank(0.9):5.0f}  p99 {rank(0.99):5.0f}  max {ordered[-1]:5.0f}"
-    )
+    p50, p90, p99 = (nearest_rank(ordered, q) for q in (0.5, 0.9, 0.99))
+    return f"p50 {p50:5.0f}  p90 {p90:5.0f}  p99 {p99:5.0f}  max {ordered[-1]:5.0f}"
 
 
 def analyse(directory: Path) -> dict[str, Any]:
