@@ -29,6 +29,7 @@ CORE = [
     "durations",
     "reload",
     "ticks",
+    "wakeups",
 ]
 FORBIDDEN_IMPORTS = {"faust", "aiokafka", "kafka", "time", "socket", "asyncio", "random"}
 FORBIDDEN_CALLS = {"now", "utcnow", "time", "monotonic", "perf_counter", "open", "print"}

@@ -614,7 +614,8 @@ def test_every_user_keeps_a_wake_up_no_later_than_they_need(
         run.feed(events[i])
         for user_id, state in processor.store.items():
             needed = processor.engine.next_wakeup(state)
-            scheduled = processor._wakeups if has_work(state) else processor._expiries
+            index = processor._wakeups if has_work(state) else processor._expiries
+            scheduled = index.entries()
             assert any(at <= needed for at, user in scheduled if user == user_id), user_id
 
 

@@ -16,8 +16,6 @@ clock, and the watermark is simply the newest event time minus the allowed laten
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Final, NamedTuple
 
@@ -26,6 +24,7 @@ from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import Event, format_ts
 from linkwatch.reload import Shapes, retire, shapes_of
 from linkwatch.state import UserState, has_work
+from linkwatch.wakeups import HeapWakeups, Wakeups
 
 # An event this far ahead of the watermark is a broken clock, not the future.
 MAX_FUTURE_MS: Final = 86_400_000
@@ -62,6 +61,8 @@ class PartitionProcessor:
         started_at: int | None = None,
         sources: Iterable[str] = (),
         stall_ms: int | None = None,
+        wakeups: Wakeups | None = None,
+        expiries: Wakeups | None = None,
     ) -> None:
         self.engine = engine
         self.store: MutableMapping[str, UserState] = {} if store is None else store
@@ -79,11 +80,11 @@ class PartitionProcessor:
         # could read then. The part of a gap between reads beyond `stall_ms` it could not.
         self.last_read_at: int | None = None
         self.stall_ms = stall_ms
-        # (wake-up time, user_id). Entries may be stale: popping one just re-checks the user.
-        self._wakeups: list[tuple[int, str]] = []
-        # Idle users to forget once their state TTL has passed: (expiry, user_id) in roughly
-        # increasing order. A FIFO, not the heap: one entry per idle spell, and cheap.
-        self._expiries: deque[tuple[int, str]] = deque()
+        # (wake-up time, user_id) of users with work. Entries may be stale: taking one just
+        # re-checks the user. In memory by default; on disk beside a store on disk.
+        self._wakeups: Wakeups = HeapWakeups() if wakeups is None else wakeups
+        # Idle users to forget once their state TTL has passed: (expiry, user_id).
+        self._expiries: Wakeups = HeapWakeups() if expiries is None else expiries
 
     def process(
         self,
@@ -234,49 +235,50 @@ class PartitionProcessor:
             return []
         self.watermark = watermark
         outputs: list[Output] = []
-        wakeups = self._wakeups
         store = self.store
         engine = self.engine
-        while wakeups and wakeups[0][0] <= watermark:
-            _, user_id = heapq.heappop(wakeups)
-            state = store.get(user_id)
-            if state is None:
-                continue  # stale entry for a user already expired
-            advanced = engine.advance(user_id, state, watermark)
-            outputs.extend(advanced.outputs)
-            if advanced.state is None:
-                del store[user_id]
-                continue
-            if advanced.state is not state:
-                store[user_id] = advanced.state
-            if advanced.wake is not None:
-                # A wake-up not beyond this watermark would spin this loop forever; it can
-                # only come from a bug, and must cost a delay, not a stalled stream.
-                wake = advanced.wake if advanced.wake > watermark else watermark + 1
-                self._schedule(advanced.state, wake, user_id)
+        # Taken in chunks: what a step re-schedules is beyond the watermark, so a chunk
+        # never holds an entry the step before it added.
+        while due := self._wakeups.take_due(watermark):
+            for _, user_id in due:
+                state = store.get(user_id)
+                if state is None:
+                    continue  # stale entry for a user already expired
+                advanced = engine.advance(user_id, state, watermark)
+                outputs.extend(advanced.outputs)
+                if advanced.state is None:
+                    del store[user_id]
+                    continue
+                if advanced.state is not state:
+                    store[user_id] = advanced.state
+                if advanced.wake is not None:
+                    # A wake-up not beyond this watermark would spin this loop forever; it
+                    # can only come from a bug, and must cost a delay, not a stalled stream.
+                    wake = advanced.wake if advanced.wake > watermark else watermark + 1
+                    self._schedule(advanced.state, wake, user_id)
         self._expire_idle(watermark)
         return outputs
 
     def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
         if has_work(state):
-            heapq.heappush(self._wakeups, (wake, user_id))
+            self._wakeups.push(wake, user_id)
         else:
-            self._expiries.append((wake, user_id))
+            self._expiries.push(wake, user_id)
 
     def _expire_idle(self, watermark: int) -> None:
         expiries = self._expiries
         store = self.store
         forget_at = self.engine.forget_at
-        while expiries and expiries[0][0] <= watermark:
-            _, user_id = expiries.popleft()
-            state = store.get(user_id)
-            if state is None or has_work(state):
-                continue  # gone already, or busy again (then the heap tracks it)
-            expiry = forget_at(state.last_seen, state.delivery)
-            if expiry <= watermark:
-                del store[user_id]
-            else:
-                expiries.append((expiry, user_id))  # seen again since: check again later
+        while due := expiries.take_due(watermark):
+            for _, user_id in due:
+                state = store.get(user_id)
+                if state is None or has_work(state):
+                    continue  # gone already, or busy again (then the wake-ups track it)
+                expiry = forget_at(state.last_seen, state.delivery)
+                if expiry <= watermark:
+                    del store[user_id]
+                else:
+                    expiries.push(expiry, user_id)  # seen again since: check again later
 
     def flush(self, close_open: bool = False) -> list[Output]:
         """End of input: nothing more can arrive, so apply every buffered event and fire the
@@ -291,12 +293,15 @@ class PartitionProcessor:
 
     def rebuild_index(self) -> None:
         """Recompute the wake-up index from the store (after a restart or rebalance)."""
-        self._wakeups = []
-        self._expiries = deque()
+        self._wakeups.clear()
+        self._expiries.clear()
         for user_id, state in self.store.items():
             self._schedule(state, self.engine.next_wakeup(state), user_id)
-        heapq.heapify(self._wakeups)
-        self._expiries = deque(sorted(self._expiries))
+
+    def close(self) -> None:
+        """The partition is gone from this worker: release its wake-up indexes."""
+        self._wakeups.close()
+        self._expiries.close()
 
     def open_instances(self) -> Iterator[tuple[str, str]]:
         """(journey, last step reached) for every instance still open."""
