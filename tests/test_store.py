@@ -1,14 +1,30 @@
 from __future__ import annotations
 
-from linkwatch.engine import new_state
-from linkwatch.state import dump_state
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rocksdict import Options, Rdict
+
+from linkwatch.codec import decode_event
+from linkwatch.engine import JourneyEngine, new_state
+from linkwatch.errors import RecordRejected
+from linkwatch.journeys import load_journeys
+from linkwatch.partition import PartitionProcessor
+from linkwatch.simulate import generate
+from linkwatch.state import dump_state, load_state
 from linkwatch.store import (
     MAX_VALUE_BYTES,
+    CachedStore,
     WriteBackStore,
     end_of_batch_key,
     load_partitions,
     progress_key,
 )
+from linkwatch.triggers import Trigger
 
 
 def encode(key: str, value: str, partition: int) -> bytes:
@@ -50,3 +66,151 @@ def test_progress_and_markers_share_the_table_but_are_not_states() -> None:
     }
     loaded = load_partitions(table, {0, 1})
     assert {p: set(states) for p, states in loaded.items()} == {0: {"u1"}, 1: {"u2"}}
+
+
+# -- CachedStore: a bounded cache over the table ----------------------------------------------
+
+
+def cached(table: Any, capacity: int) -> CachedStore[str]:
+    def scan() -> Iterable[tuple[bytes, bytes]]:
+        return list(table.items())
+
+    return CachedStore(
+        table,
+        0,
+        encode=encode,
+        decode=bytes.decode,
+        read=table.get,
+        scan=scan,
+        capacity=capacity,
+        size=sum(1 for key, value in table.items() if value and not key.startswith(b"\x00")),
+    )
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), KEYS, st.text("xyz", min_size=1, max_size=3)),
+        st.tuples(st.just("del"), KEYS, st.just("")),
+        st.tuples(st.just("get"), KEYS, st.just("")),
+        st.tuples(st.just("flush"), st.just(""), st.just("")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=OPS,
+    capacity=st.integers(0, 3),
+    stored=st.dictionaries(KEYS, st.text("pq", min_size=1, max_size=2)),
+)
+def test_a_cached_store_behaves_as_the_mapping_it_stands_for(
+    ops: list[tuple[str, str, str]], capacity: int, stored: dict[str, str]
+) -> None:
+    """Whatever the capacity, reads give what was last written, and each flush leaves the
+    table holding exactly the mapping; at most `capacity` unchanged values stay decoded."""
+    table = {key.encode(): value.encode() for key, value in stored.items()}
+    table[progress_key(0)] = b"{}"  # not a value: never seen through the store
+    model = dict(stored)
+    store = cached(table, capacity)
+    for op, key, value in ops:
+        if op == "set":
+            store[key] = value
+            model[key] = value
+        elif op == "del":
+            if key in model:
+                del store[key]
+                del model[key]
+            else:
+                with pytest.raises(KeyError):
+                    del store[key]
+        elif op == "get":
+            assert store.get(key) == model.get(key)
+            assert (key in store) == (key in model)
+        else:
+            store.flush()
+            assert {k.decode(): v.decode() for k, v in table.items() if k[:1] != b"\x00"} == model
+            assert store.cached <= capacity
+            assert store.dirty == 0
+        assert len(store) == len(model)
+        assert dict(store.items()) == model
+    assert sorted(store) == sorted(model)
+
+
+def test_a_cached_store_reads_back_what_it_evicted_from_rocksdb(tmp_path: Path) -> None:
+    """On a real RocksDB database (rocksdict, as Faust's rocksdb:// store): values beyond the
+    capacity are evicted once written, and read back when asked for."""
+    db = Rdict(str(tmp_path / "states"), options=Options(raw_mode=True))
+    try:
+        store = cached(db, capacity=2)
+        for n in range(10):
+            store[f"user-{n}"] = f"state-{n}"
+        assert store.cached == 10  # unwritten changes are never evicted
+        assert store.flush() == 10
+        assert store.cached == 2
+        before = store.reads
+        assert [store[f"user-{n}"] for n in range(8)] == [f"state-{n}" for n in range(8)]
+        assert store.reads - before == 8  # the evicted ones came back from the database
+        assert store["user-7"] == "state-7"
+        assert store.reads - before == 8  # and the latest are held again
+        assert store.cached == 2
+        del store["user-3"]
+        store.flush()
+        assert db.get(b"user-3") is None
+        assert "user-3" not in store
+        assert len(store) == 9
+    finally:
+        db.close()
+
+
+def test_a_value_too_big_for_the_changelog_stays_in_a_cached_store() -> None:
+    table: dict[bytes, bytes] = {}
+    store = cached(table, capacity=0)
+    reported: list[int] = []
+    store.on_oversized = lambda kind, size: reported.append(size)
+    store["big"] = "x" * (MAX_VALUE_BYTES + 1)
+    store.flush()
+    assert table == {}
+    assert reported == [MAX_VALUE_BYTES + 1]
+    assert store["big"] == "x" * (MAX_VALUE_BYTES + 1)  # not evicted: only memory has it
+    assert dict(store.items()) == {"big": "x" * (MAX_VALUE_BYTES + 1)}
+    assert len(store) == 1
+
+
+@pytest.mark.parametrize("capacity", [0, 7])
+def test_journeys_over_a_cached_store_give_the_same_outputs(capacity: int) -> None:
+    """The engine cannot tell a bounded cache from a dict: the same traffic gives the same
+    outputs, with the states flushed (and evicted) every few events as the worker does."""
+    lines = list(generate(users=300, seed=3, start_ms=1_732_233_600_000, bad_ratio=0.0))
+    journeys = load_journeys()
+
+    def run(store: Any) -> list[Any]:
+        processor = PartitionProcessor(JourneyEngine(journeys), store)
+        outputs: list[Any] = []
+        for n, line in enumerate(lines):
+            try:
+                event = decode_event(line)
+                outputs.extend(processor.process(event).outputs)
+            except RecordRejected:
+                continue
+            if n % 25 == 0 and isinstance(store, CachedStore):
+                store.flush()
+        outputs.extend(processor.flush(close_open=True))
+        return outputs
+
+    table: dict[bytes, bytes] = {}
+    store = CachedStore(
+        table,
+        0,
+        encode=lambda key, state, partition: dump_state(state, partition),
+        decode=lambda raw: load_state(raw)[1],
+        read=table.get,
+        scan=lambda: list(table.items()),
+        capacity=capacity,
+        size=0,
+    )
+    expected = run({})
+    assert run(store) == expected
+    assert any(isinstance(output, Trigger) for output in expected)
+    assert store.reads > len(lines) // 10  # states really went through the table

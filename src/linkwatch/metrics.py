@@ -153,6 +153,19 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.state_cached = Gauge(
+            "linkwatch_state_cached",
+            'User states held decoded in memory: all of linkwatch_state_keys{stage="users"}, '
+            "or on rocksdb:// at most LINKWATCH_STATE_CACHE_MAX per partition (counting "
+            "markers of users known to have none) plus those changed since the last write",
+            registry=registry,
+        )
+        self.state_reads = Gauge(
+            "linkwatch_state_reads",
+            "User states read back from RocksDB (not held in memory when needed) by the "
+            "partitions this worker holds now",
+            registry=registry,
+        )
         self.state_oversized = Counter(
             "linkwatch_state_oversized_total",
             "State values too big for a changelog record, kept in memory only (a crash loses "

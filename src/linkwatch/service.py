@@ -53,6 +53,7 @@ from linkwatch.codec import Batch, BatchLimits, decode_message
 from linkwatch.commit_table import CommitTable
 from linkwatch.deadletters import DeadLetter, KafkaSource
 from linkwatch.delivery import deliver_all
+from linkwatch.disk_wakeups import DiskWakeups
 from linkwatch.engine import JourneyEngine, Output
 from linkwatch.entities import (
     EntityStage,
@@ -79,7 +80,10 @@ from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
 from linkwatch.store import (
     CLOSES_COMMIT,
+    CachedStore,
     PartitionStore,
+    UserStore,
+    cached_user_store,
     load_partitions,
     log_oversized,
     progress_key,
@@ -87,6 +91,7 @@ from linkwatch.store import (
 from linkwatch.stream_resume import skipped_offsets
 from linkwatch.ticks import TickPacer
 from linkwatch.triggers import Resolution, Trigger
+from linkwatch.wakeups import Wakeups
 from linkwatch.webui import DATA_HEADERS, WebUI, asset
 
 log = logging.getLogger("linkwatch.service")
@@ -137,7 +142,7 @@ class LiveJourneys:
     shapes: Shapes = field(init=False)  # of `journeys`: stored with each partition's progress
     kind_of_topic: dict[str, str] = field(init=False)
     processors: dict[int, PartitionProcessor] = field(default_factory=dict)
-    stores: dict[int, PartitionStore] = field(default_factory=dict)
+    stores: dict[int, UserStore] = field(default_factory=dict)
     # Offset of the last record handled per (topic, partition), to tell backlog from silence.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     highwater: Any = None  # (TP) -> next offset to be written; set once the consumer exists
@@ -197,8 +202,7 @@ class LiveJourneys:
         assigned but not loaded yet, from the recovered table in one pass over it."""
         owned = self.assigned() if self.assigned is not None else set()
         wanted = (owned - set(self.processors)) | {partition}
-        for number, states in load_partitions(self.states, wanted).items():
-            store = PartitionStore(self.states, number, states)
+        for number, store in self._stores_of(wanted).items():
             store.on_oversized = oversized_counter(self.metrics)
             processor = PartitionProcessor(
                 self.engine,
@@ -207,6 +211,7 @@ class LiveJourneys:
                 started_at=now,
                 sources=self.settings.input_topics.values(),
                 stall_ms=self.settings.stall_ms,
+                **self._wakeups_of(number, store),
             )
             # (Before progress moved next to the states it was in the watermarks table.)
             progress = self.states.get(progress_key(number)) or self.watermarks.get(
@@ -226,17 +231,42 @@ class LiveJourneys:
             log.info(
                 "partition %d ready: %d users, watermark %s",
                 number,
-                len(states),
+                len(store),
                 processor.watermark,
             )
         self._reset_active()
         return self.processors[partition]
 
+    def _stores_of(self, partitions: set[int]) -> dict[int, UserStore]:
+        """The stores of newly assigned partitions: every state decoded from the recovered
+        table in one pass over it, or on RocksDB with `state_cache_max`, a bounded cache over
+        each partition's database."""
+        limit = self.settings.state_cache_max
+        if not limit or not self.settings.store.startswith("rocksdb"):
+            return {
+                number: PartitionStore(self.states, number, states)
+                for number, states in load_partitions(self.states, partitions).items()
+            }
+        return {number: cached_user_store(self.states, number, limit) for number in partitions}
+
+    def _wakeups_of(self, partition: int, store: UserStore) -> dict[str, Wakeups]:
+        """A store bounded in memory gets its wake-up indexes on disk too (local, rebuilt
+        from the states on every load): else they would hold an entry per user."""
+        if not isinstance(store, CachedStore):
+            return {}
+        where = self.settings.data_dir / "wakeups" / f"{self.settings.app_id}-{partition}"
+        return {
+            "wakeups": DiskWakeups(where / "deadlines"),
+            "expiries": DiskWakeups(where / "expiries"),
+        }
+
     def forget(self, partitions: set[int]) -> None:
         """Revoked partitions: another worker owns them now (their state is in the table:
         `write_pending` first)."""
         for partition in partitions:
-            self.processors.pop(partition, None)
+            gone = self.processors.pop(partition, None)
+            if gone is not None:
+                gone.close()
             self.unwritten.pop(partition, None)
             self.stores.pop(partition, None)
             self.metrics.forget_partition(partition)
@@ -824,6 +854,10 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         entities.live.on_published = ui.on_entity_outputs
     # Read at scrape time (in the event loop, like every state change).
     metrics.state_keys.labels("users").set_function(lambda: _held(live.stores))
+    metrics.state_cached.set_function(lambda: _cached(live.stores))
+    metrics.state_reads.set_function(
+        lambda: sum(getattr(s, "reads", 0) for s in live.stores.values())
+    )
     if entities is not None:
         entity_stores = entities.live.stores
         metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
@@ -988,6 +1022,10 @@ def _held(stores: dict[int, Any]) -> int:
     return sum(len(store) for store in stores.values())
 
 
+def _cached(stores: dict[int, Any]) -> int:
+    return sum(getattr(store, "cached", len(store)) for store in stores.values())
+
+
 def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
     """A table of raw bytes (bytes key and value types make Faust use the raw codec for its
     changelog); we encode the values ourselves."""
@@ -1007,7 +1045,20 @@ def _commit_table(
 
 
 def _bytes_options(settings: Settings) -> dict[str, Any]:
-    return {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
+    options: dict[str, Any] = {
+        "partitions": settings.partitions,
+        "key_type": bytes,
+        "value_type": bytes,
+    }
+    if settings.store.startswith("rocksdb"):
+        # Faust's defaults (a 2 GiB read cache and 3 x 64 MiB write buffers per partition's
+        # database) would let memory grow far past what the states held decoded take.
+        options["options"] = {
+            "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+            "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+            "max_write_buffer_number": 3,
+        }
+    return options
 
 
 def _credentials(settings: Settings) -> Any:

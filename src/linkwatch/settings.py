@@ -75,6 +75,24 @@ class Settings(BaseSettings):
     app_id: str = Field(default="linkwatch", description="Consumer group and table prefix")
     store: str = Field(default="memory://", description="memory:// or rocksdb://")
     data_dir: Path = Field(default=Path("linkwatch-data"), description="State directory")
+    rocksdb_block_cache_mb: int = Field(
+        default=64,
+        ge=1,
+        description="rocksdb:// only: read cache of each table partition's database "
+        "(Faust's default is 2 GiB each)",
+    )
+    rocksdb_write_buffer_mb: int = Field(
+        default=16,
+        ge=1,
+        description="rocksdb:// only: write buffer of each table partition's database, "
+        "at most 3 of them (Faust's default is 64 MiB)",
+    )
+    state_cache_max: int = Field(
+        default=50_000,
+        ge=0,
+        description="rocksdb:// only: user states held decoded in memory per partition, the "
+        "least recently used beyond it read back from RocksDB when needed; 0: all of them",
+    )
     journeys_file: Path | None = Field(
         default=None, description="Journeys TOML; unset: the built-in journeys"
     )

@@ -9,8 +9,9 @@ those changes produced have been delivered, so a durable state never implies a l
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 from linkwatch.state import UserState, dump_state, load_state
 
@@ -161,3 +162,206 @@ def load_partitions(
         if partition in wanted:
             loaded[partition][name] = state
     return loaded
+
+
+# What the cache remembers of a key the table does not hold, so that a miss costs one read.
+_ABSENT: Final = object()
+
+
+class CachedStore(MutableMapping[str, V], Generic[V]):
+    """The values of one partition, at most `capacity` of them decoded in memory; the rest
+    stay in the table (RocksDB) and are read back when asked for. For millions of keys, where
+    `WriteBackStore` would hold every value decoded.
+
+    A write-back cache like `WriteBackStore`: a change stays in memory (never evicted) until
+    `flush` writes it, after the outputs it produced were delivered; only then may it be
+    evicted, least recently used first. `read(key)` gives the table's value of a key of this
+    partition, `scan()` every (key, value) the table holds for it (for the rare passes over
+    all keys: rebuilding the wake-up index, a reload). `size` is how many keys it holds."""
+
+    def __init__(
+        self,
+        table: BytesTable,
+        partition: int,
+        *,
+        encode: Encoder[V],
+        decode: Callable[[bytes], V],
+        read: Callable[[bytes], bytes | None],
+        scan: Callable[[], Iterable[tuple[bytes, bytes]]],
+        capacity: int,
+        size: int,
+    ) -> None:
+        self._table = table
+        self.partition = partition
+        self._encode = encode
+        self._decode = decode
+        self._read = read
+        self._scan = scan
+        self.capacity = capacity
+        self._size = size
+        self._clean: OrderedDict[str, Any] = OrderedDict()  # value, or _ABSENT
+        self._changed: dict[str, V | None] = {}  # None: deleted
+        # Too big for the changelog: kept in memory only (reported by `flush`).
+        self._unwritable: dict[str, V] = {}
+        self.on_oversized: Callable[[str, int], None] = log_oversized
+        self.kind_of: Callable[[str], str] = lambda key: "user"
+        self.reads = 0  # values read back from the table (misses)
+
+    def _lookup(self, key: str) -> Any:
+        """The value, or _ABSENT."""
+        if key in self._changed:
+            value = self._changed[key]
+            return _ABSENT if value is None else value
+        clean = self._clean
+        if key in clean:
+            clean.move_to_end(key)
+            return clean[key]
+        if key in self._unwritable:
+            return self._unwritable[key]
+        raw = self._read(key.encode())
+        self.reads += 1
+        found: Any = _ABSENT if not raw else self._decode(raw)
+        clean[key] = found
+        if len(clean) > self.capacity:
+            clean.popitem(last=False)
+        return found
+
+    def __getitem__(self, key: str) -> V:
+        value = self._lookup(key)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return cast(V, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._lookup(key)
+        return default if value is _ABSENT else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._lookup(key) is not _ABSENT
+
+    def __setitem__(self, key: str, value: V) -> None:
+        if self._lookup(key) is _ABSENT:
+            self._size += 1
+        self._clean.pop(key, None)
+        self._unwritable.pop(key, None)
+        self._changed[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self._lookup(key) is _ABSENT:
+            raise KeyError(key)
+        self._size -= 1
+        self._clean.pop(key, None)
+        self._unwritable.pop(key, None)
+        self._changed[key] = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[str]:
+        for key, _ in self.items():
+            yield key
+
+    def items(self) -> Iterator[tuple[str, V]]:  # type: ignore[override]
+        """Every key and value: the table's, as changed since the last flush. A pass over
+        the table, for the rare whole-partition jobs; it caches nothing."""
+        changed = self._changed
+        seen_unwritable = set()
+        for raw_key, raw in self._scan():
+            if not raw or raw_key.startswith(b"\x00"):
+                continue  # deleted, a marker or a partition's progress
+            key = raw_key.decode()
+            if key in changed:
+                continue
+            if key in self._unwritable:
+                seen_unwritable.add(key)
+                yield key, self._unwritable[key]
+                continue
+            value = self._clean.get(key, _ABSENT)
+            yield key, self._decode(raw) if value is _ABSENT else value
+        for key, value in list(changed.items()):
+            if value is not None:
+                yield key, value
+        for key, value in list(self._unwritable.items()):
+            if key not in seen_unwritable and key not in changed:
+                yield key, value
+
+    def values(self) -> Iterator[V]:  # type: ignore[override]
+        for _, value in self.items():
+            yield value
+
+    @property
+    def dirty(self) -> int:
+        return len(self._changed)
+
+    @property
+    def cached(self) -> int:
+        """Values held decoded (written or not)."""
+        return len(self._clean) + len(self._changed) + len(self._unwritable)
+
+    def flush(self) -> int:
+        """Write changed keys to the table (in the partition's event context), then let them
+        be evicted."""
+        written = 0
+        clean = self._clean
+        for key, value in self._changed.items():
+            raw_key = key.encode()
+            if value is not None:
+                raw = self._encode(key, value, self.partition)
+                if len(raw) > MAX_VALUE_BYTES:
+                    self.on_oversized(self.kind_of(key), len(raw))
+                    self._unwritable[key] = value
+                    continue
+                self._table[raw_key] = raw
+                clean[key] = value
+            else:
+                if raw_key in self._table:
+                    del self._table[raw_key]
+                clean[key] = _ABSENT
+            written += 1
+        self._changed.clear()
+        while len(clean) > self.capacity:
+            clean.popitem(last=False)
+        return written
+
+
+UserStore = PartitionStore | CachedStore[UserState]
+
+
+def partition_database(table: Any, partition: int) -> Any:
+    """The RocksDB database (rocksdict) of one partition of a Faust table on rocksdb://: its
+    store keeps one per partition, holding the keys written in that partition's event
+    context. Read directly because a table read picks the database of Faust's current event,
+    and a batch of records spans partitions. (faust-streaming is pinned; a test reads through
+    it.)"""
+    store = table.data
+    return store, store._db_for_partition(partition)
+
+
+def cached_user_store(table: Any, partition: int, capacity: int) -> CachedStore[UserState]:
+    """User states of one partition of a Faust table on rocksdb://, at most `capacity`
+    decoded in memory."""
+    faust_store, db = partition_database(table, partition)
+    offset_key = faust_store.offset_key  # where Faust keeps the changelog offset applied
+
+    def scan() -> Iterator[tuple[bytes, bytes]]:
+        for key, value in db.items():
+            if key != offset_key:
+                yield key, value
+
+    def size() -> int:
+        return sum(1 for key, value in scan() if value and not key.startswith(b"\x00"))
+
+    return CachedStore(
+        table,
+        partition,
+        encode=_encode_user,
+        decode=_decode_user,
+        read=db.get,
+        scan=scan,
+        capacity=capacity,
+        size=size(),
+    )
+
+
+def _decode_user(raw: bytes) -> UserState:
+    return load_state(raw)[1]

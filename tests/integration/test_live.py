@@ -200,27 +200,50 @@ def test_a_quiet_partition_still_fires_its_drop_offs(
         assert trigger["user_id"] == "quiet-user"
 
 
+@pytest.mark.parametrize(
+    "cache_max", [pytest.param(0, id="all-in-memory"), pytest.param(20, id="cache-of-20")]
+)
 def test_the_rocksdb_store_gives_the_same_triggers(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, tmp_path: Path, cache_max: int
 ) -> None:
     """The same oracle check on the RocksDB store (rocksdict): state written in each
-    partition's event context, read back, and scanned when partitions are assigned.
+    partition's event context, read back, and scanned when partitions are assigned; with
+    every state held decoded, and with at most 20 per partition (the rest read back from
+    each partition's database when needed).
 
     Not tested here: restarting onto RocksDB state. On Tansu, Faust's recovery refuses it,
     because Tansu under-reports a topic's end offset (README, known limitations)."""
-    settings = kafka_settings.model_copy(update=FAST | {"store": "rocksdb://"})
+    settings = kafka_settings.model_copy(
+        update=FAST | {"store": "rocksdb://", "state_cache_max": cache_max}
+    )
     lines = list(generate(users=800, seed=23, start_ms=START, bad_ratio=0.01))
     expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
     run(prepare(settings))
     with WorkerProcess(settings, tmp_path) as worker:
         run(produce(settings, lines))
 
-        def all_fired() -> bool:
-            return sum_metric(worker.metrics(), "linkwatch_triggers_total") >= len(expected_ids)
+        # (users held, of them decoded in memory) at each look while the worker works
+        held: list[tuple[float, float]] = []
 
-        assert wait_for(all_fired, timeout=180), worker.tail_log()
+        def all_fired() -> bool:
+            metrics = worker.metrics()
+            users = sum_metric(metrics, "linkwatch_state_keys", stage="users")
+            held.append((users, sum_metric(metrics, "linkwatch_state_cached")))
+            return sum_metric(metrics, "linkwatch_triggers_total") >= len(expected_ids)
+
+        assert wait_for(all_fired, timeout=180, interval=0.2), worker.tail_log()
+        reads = sum_metric(worker.metrics(), "linkwatch_state_reads")
         assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
     assert list(settings.data_dir.rglob("CURRENT"))  # RocksDB databases were really used
+    most = max(users for users, _ in held)
+    print(f"users held at most {most:.0f}; (held, decoded): {held}; read back {reads:.0f}")
+    if cache_max:
+        assert most > 400  # many more users than the caches hold...
+        assert min(decoded for users, decoded in held if users == most) < most
+        assert reads > 0  # ... so some were read back from RocksDB
+    else:
+        assert all(decoded == users for users, decoded in held)
+        assert reads == 0
     ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
     assert set(ids) == expected_ids
     assert len(ids) == len(expected_ids)
