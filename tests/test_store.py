@@ -9,13 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
-from linkwatch.codec import decode_event
-from linkwatch.engine import JourneyEngine, new_state
-from linkwatch.errors import RecordRejected
-from linkwatch.journeys import load_journeys
-from linkwatch.partition import PartitionProcessor
-from linkwatch.simulate import generate
-from linkwatch.state import dump_state, load_state
+from linkwatch.engine import new_state
+from linkwatch.state import dump_state
 from linkwatch.store import (
     MAX_VALUE_BYTES,
     CachedStore,
@@ -24,7 +19,6 @@ from linkwatch.store import (
     load_partitions,
     progress_key,
 )
-from linkwatch.triggers import Trigger
 
 
 def encode(key: str, value: str, partition: int) -> bytes:
@@ -176,41 +170,3 @@ def test_a_value_too_big_for_the_changelog_stays_in_a_cached_store() -> None:
     assert store["big"] == "x" * (MAX_VALUE_BYTES + 1)  # not evicted: only memory has it
     assert dict(store.items()) == {"big": "x" * (MAX_VALUE_BYTES + 1)}
     assert len(store) == 1
-
-
-@pytest.mark.parametrize("capacity", [0, 7])
-def test_journeys_over_a_cached_store_give_the_same_outputs(capacity: int) -> None:
-    """The engine cannot tell a bounded cache from a dict: the same traffic gives the same
-    outputs, with the states flushed (and evicted) every few events as the worker does."""
-    lines = list(generate(users=300, seed=3, start_ms=1_732_233_600_000, bad_ratio=0.0))
-    journeys = load_journeys()
-
-    def run(store: Any) -> list[Any]:
-        processor = PartitionProcessor(JourneyEngine(journeys), store)
-        outputs: list[Any] = []
-        for n, line in enumerate(lines):
-            try:
-                event = decode_event(line)
-                outputs.extend(processor.process(event).outputs)
-            except RecordRejected:
-                continue
-            if n % 25 == 0 and isinstance(store, CachedStore):
-                store.flush()
-        outputs.extend(processor.flush(close_open=True))
-        return outputs
-
-    table: dict[bytes, bytes] = {}
-    store = CachedStore(
-        table,
-        0,
-        encode=lambda key, state, partition: dump_state(state, partition),
-        decode=lambda raw: load_state(raw)[1],
-        read=table.get,
-        scan=lambda: list(table.items()),
-        capacity=capacity,
-        size=0,
-    )
-    expected = run({})
-    assert run(store) == expected
-    assert any(isinstance(output, Trigger) for output in expected)
-    assert store.reads > len(lines) // 10  # states really went through the table

@@ -14,8 +14,7 @@ from linkwatch.errors import RecordRejected
 from linkwatch.journeys import load_journeys
 from linkwatch.partition import PartitionProcessor
 from linkwatch.simulate import generate
-from linkwatch.state import dump_state, load_state
-from linkwatch.store import CachedStore
+from linkwatch.store import cached_user_states
 from linkwatch.wakeups import HeapWakeups
 
 USERS = st.sampled_from(["a", "b", "ü", "user-10", ""])
@@ -98,15 +97,8 @@ def test_journeys_on_disk_give_what_journeys_in_memory_give(capacity: int, tmp_p
 
     expected = run(PartitionProcessor(JourneyEngine(journeys)), lambda: None)
     table: dict[bytes, bytes] = {}
-    store = CachedStore(
-        table,
-        0,
-        encode=lambda key, state, partition: dump_state(state, partition),
-        decode=lambda raw: load_state(raw)[1],
-        read=table.get,
-        scan=lambda: list(table.items()),
-        capacity=capacity,
-        size=0,
+    store = cached_user_states(
+        table, 0, read=table.get, scan=lambda: list(table.items()), capacity=capacity, size=0
     )
     wakeups, expiries = DiskWakeups(tmp_path / "w"), DiskWakeups(tmp_path / "e")
     take_due = wakeups.take_due

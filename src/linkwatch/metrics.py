@@ -162,8 +162,8 @@ class Metrics:
         )
         self.state_reads = Gauge(
             "linkwatch_state_reads",
-            "User states read back from RocksDB (not held in memory when needed) by the "
-            "partitions this worker holds now",
+            "Reads of RocksDB for user states not held in memory when needed (a new user's "
+            "finds none), by the partitions this worker holds now",
             registry=registry,
         )
         self.state_oversized = Counter(

@@ -351,15 +351,30 @@ def cached_user_store(table: Any, partition: int, capacity: int) -> CachedStore[
     def size() -> int:
         return sum(1 for key, value in scan() if value and not key.startswith(b"\x00"))
 
+    return cached_user_states(
+        table, partition, read=db.get, scan=scan, capacity=capacity, size=size()
+    )
+
+
+def cached_user_states(
+    table: BytesTable,
+    partition: int,
+    *,
+    read: Callable[[bytes], bytes | None],
+    scan: Callable[[], Iterable[tuple[bytes, bytes]]],
+    capacity: int,
+    size: int,
+) -> CachedStore[UserState]:
+    """A `CachedStore` of user states, encoded as the states table holds them."""
     return CachedStore(
         table,
         partition,
         encode=_encode_user,
         decode=_decode_user,
-        read=db.get,
+        read=read,
         scan=scan,
         capacity=capacity,
-        size=size(),
+        size=size,
     )
 
 
