@@ -242,7 +242,7 @@ class LiveJourneys:
         table in one pass over it, or on RocksDB with `state_cache_max`, a bounded cache over
         each partition's database."""
         limit = self.settings.state_cache_max
-        if not limit or not self.settings.store.startswith("rocksdb"):
+        if not limit or not self.settings.on_rocksdb:
             return {
                 number: PartitionStore(self.states, number, states)
                 for number, states in load_partitions(self.states, partitions).items()
@@ -855,9 +855,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
     # Read at scrape time (in the event loop, like every state change).
     metrics.state_keys.labels("users").set_function(lambda: _held(live.stores))
     metrics.state_cached.set_function(lambda: _cached(live.stores))
-    metrics.state_reads.set_function(
-        lambda: sum(getattr(s, "reads", 0) for s in live.stores.values())
-    )
+    metrics.state_reads.set_function(lambda: sum(s.reads for s in live.stores.values()))
     if entities is not None:
         entity_stores = entities.live.stores
         metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
@@ -1022,8 +1020,8 @@ def _held(stores: dict[int, Any]) -> int:
     return sum(len(store) for store in stores.values())
 
 
-def _cached(stores: dict[int, Any]) -> int:
-    return sum(getattr(store, "cached", len(store)) for store in stores.values())
+def _cached(stores: dict[int, UserStore]) -> int:
+    return sum(store.cached for store in stores.values())
 
 
 def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:
@@ -1050,7 +1048,7 @@ def _bytes_options(settings: Settings) -> dict[str, Any]:
         "key_type": bytes,
         "value_type": bytes,
     }
-    if settings.store.startswith("rocksdb"):
+    if settings.on_rocksdb:
         # Faust's defaults (a 2 GiB read cache and 3 x 64 MiB write buffers per partition's
         # database) would let memory grow far past what the states held decoded take.
         options["options"] = {

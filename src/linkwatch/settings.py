@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def on_rocksdb(self) -> bool:
+        """Tables on RocksDB (`store` rocksdb://) rather than in memory."""
+        return self.store.split("://", 1)[0] == "rocksdb"
+
+    @property
     def input_topics(self) -> dict[str, str]:
         """kind → topic name."""
         return {

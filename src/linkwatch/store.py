@@ -79,23 +79,42 @@ class WriteBackStore(MutableMapping[str, V], Generic[V]):
     def dirty(self) -> int:
         return len(self._dirty)
 
+    @property
+    def cached(self) -> int:
+        """Values held decoded: all of them."""
+        return len(self._states)
+
+    reads = 0  # values read back from the table: none, all are held
+
     def flush(self) -> int:
         """Write changed keys to the table (must run in the partition's event context)."""
         written = 0
         for user_id in self._dirty:
-            key = user_id.encode()
             state = self._states.get(user_id)
-            if state is not None:
-                value = self._encode(user_id, state, self.partition)
-                if len(value) > MAX_VALUE_BYTES:
-                    self.on_oversized(self.kind_of(user_id), len(value))
-                    continue
-                self._table[key] = value
-            elif key in self._table:
-                del self._table[key]
-            written += 1
+            raw = None if state is None else self._encode(user_id, state, self.partition)
+            written += write_key(self._table, user_id, raw, self)
         self._dirty.clear()
         return written
+
+
+class Reporter(Protocol):
+    on_oversized: Callable[[str, int], None]
+    kind_of: Callable[[str], str]
+
+
+def write_key(table: BytesTable, key: str, raw: bytes | None, reporter: Reporter) -> bool:
+    """Write one key's encoded value to the table, or delete the key (`raw` None). A value
+    too big for a changelog record is not written but reported: False."""
+    encoded = key.encode()
+    if raw is None:
+        if encoded in table:
+            del table[encoded]
+        return True
+    if len(raw) > MAX_VALUE_BYTES:
+        reporter.on_oversized(reporter.kind_of(key), len(raw))
+        return False
+    table[encoded] = raw
+    return True
 
 
 def log_oversized(kind: str, size: int) -> None:
@@ -264,26 +283,21 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     def items(self) -> Iterator[tuple[str, V]]:  # type: ignore[override]
         """Every key and value: the table's, as changed since the last flush. A pass over
         the table, for the rare whole-partition jobs; it caches nothing."""
-        changed = self._changed
-        seen_unwritable = set()
+        changed, unwritable = self._changed, self._unwritable
         for raw_key, raw in self._scan():
             if not raw or raw_key.startswith(b"\x00"):
                 continue  # deleted, a marker or a partition's progress
             key = raw_key.decode()
-            if key in changed:
-                continue
-            if key in self._unwritable:
-                seen_unwritable.add(key)
-                yield key, self._unwritable[key]
-                continue
+            if key in changed or key in unwritable:
+                continue  # newer in memory: below
             value = self._clean.get(key, _ABSENT)
             yield key, self._decode(raw) if value is _ABSENT else value
+        # A key is never both changed and unwritable (a change takes it out of unwritable,
+        # a flush out of changed).
         for key, value in list(changed.items()):
             if value is not None:
                 yield key, value
-        for key, value in list(self._unwritable.items()):
-            if key not in seen_unwritable and key not in changed:
-                yield key, value
+        yield from list(unwritable.items())
 
     def values(self) -> Iterator[V]:  # type: ignore[override]
         for _, value in self.items():
@@ -304,20 +318,12 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
         written = 0
         clean = self._clean
         for key, value in self._changed.items():
-            raw_key = key.encode()
-            if value is not None:
-                raw = self._encode(key, value, self.partition)
-                if len(raw) > MAX_VALUE_BYTES:
-                    self.on_oversized(self.kind_of(key), len(raw))
-                    self._unwritable[key] = value
-                    continue
-                self._table[raw_key] = raw
-                clean[key] = value
+            raw = None if value is None else self._encode(key, value, self.partition)
+            if write_key(self._table, key, raw, self):
+                clean[key] = _ABSENT if value is None else value
+                written += 1
             else:
-                if raw_key in self._table:
-                    del self._table[raw_key]
-                clean[key] = _ABSENT
-            written += 1
+                self._unwritable[key] = cast(V, value)
         self._changed.clear()
         while len(clean) > self.capacity:
             clean.popitem(last=False)
@@ -327,20 +333,15 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
 UserStore = PartitionStore | CachedStore[UserState]
 
 
-def partition_database(table: Any, partition: int) -> Any:
-    """The RocksDB database (rocksdict) of one partition of a Faust table on rocksdb://: its
-    store keeps one per partition, holding the keys written in that partition's event
-    context. Read directly because a table read picks the database of Faust's current event,
-    and a batch of records spans partitions. (faust-streaming is pinned; a test reads through
-    it.)"""
-    store = table.data
-    return store, store._db_for_partition(partition)
-
-
 def cached_user_store(table: Any, partition: int, capacity: int) -> CachedStore[UserState]:
     """User states of one partition of a Faust table on rocksdb://, at most `capacity`
-    decoded in memory."""
-    faust_store, db = partition_database(table, partition)
+    decoded in memory. Read from the partition's own RocksDB database (rocksdict; Faust's
+    store keeps one per partition, holding the keys written in that partition's event
+    context): a table read picks the database of Faust's current event, and a batch of
+    records spans partitions. (faust-streaming is pinned; the live RocksDB test reads
+    through it.)"""
+    faust_store = table.data
+    db = faust_store._db_for_partition(partition)
     offset_key = faust_store.offset_key  # where Faust keeps the changelog offset applied
 
     def scan() -> Iterator[tuple[bytes, bytes]]:
