@@ -38,6 +38,7 @@ from linkwatch.journeys import load_journeys
 from linkwatch.produce import produce
 from linkwatch.settings import Settings
 from million_users import cart_event
+from proc_status import proc_status_mb
 from service import (
     RECORDS,
     Child,
@@ -51,18 +52,6 @@ from service import (
 
 PARTITIONS = 4
 SAMPLE_EVERY = 2.0
-
-
-def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def main() -> int:
@@ -151,7 +140,7 @@ def main() -> int:
                     and 'journey="cart_to_purchase"' in key
                     and 'step="checkout"' in key
                 ),
-                "rss_mb": rss_mb(worker.pid),
+                "rss_mb": proc_status_mb(worker.pid, "VmRSS"),
                 "cpu_s": process_cpu_seconds(worker.pid),
             }
             samples.append(sample)

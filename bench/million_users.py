@@ -41,6 +41,7 @@ from linkwatch.partition import PartitionProcessor
 from linkwatch.store import cached_user_states
 from linkwatch.suppression import Withheld
 from linkwatch.triggers import Trigger
+from proc_status import proc_status_mb
 
 # 2024-11-22 02:00 UTC: 10:00 in Asia/Shanghai, the default quiet-hours zone, so drop-offs go
 # out at their deadlines instead of waiting for the morning.
@@ -50,11 +51,8 @@ STEP_MS = 1_000
 
 
 def proc_status(field: str) -> float:
-    """A VmRSS / VmHWM line of /proc/self/status, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """A VmRSS / VmHWM figure of this process, in MiB."""
+    return proc_status_mb("self", field) or float("nan")
 
 
 def cart_event(n: int, users: int) -> bytes:

@@ -103,6 +103,7 @@ from linkwatch.simulate import daytime_zone, generate
 from linkwatch.suppression import in_holdout
 from linkwatch.topics import ensure_topics
 from nearest_rank import nearest_rank
+from proc_status import proc_status_mb
 
 # The worker runs the default journeys, whose suppression keeps this share of users unmessaged.
 HOLDOUT_PERCENT = load_journeys().suppression.holdout_percent
@@ -150,16 +151,7 @@ class BenchError(Exception):
 
 def proc_peak_rss_mb(pid: int | None) -> float | None:
     """Peak resident set size (VmHWM) of a live process, in MiB."""
-    if pid is None:
-        return None
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
+    return proc_status_mb(pid, "VmHWM")
 
 
 class Child:
