@@ -2,7 +2,8 @@
 them, with `LINKWATCH_STATE_CACHE_MAX` bounding the states it keeps decoded, against the
 same run with every state decoded (`--cache 0`).
 
-    .venv/bin/python bench/million_live.py [--users 1000000] [--cache 50000] [--out F]
+    .venv/bin/python bench/million_live.py [--users 1000000] [--cache 50000]
+        [--fire-chunk 10000] [--no-tiers] [--no-fire] [--out F]
 
 An embedded Tansu broker; the carts of bench/million_users.py (one per user, spread over 20
 minutes of 2024 event time: each opens `cart_to_purchase`, whose checkout deadline is 30
@@ -62,6 +63,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--no-fire", action="store_true", help="stop once every cart is consumed")
     parser.add_argument(
+        "--fire-chunk",
+        type=int,
+        default=Settings.model_fields["fire_chunk"].default,
+        help="LINKWATCH_FIRE_CHUNK (0: every deadline due at once)",
+    )
+    parser.add_argument(
         "--no-tiers",
         action="store_true",
         help="the default journeys without lifecycle tiers (whose per-user records the "
@@ -79,6 +86,7 @@ def main() -> int:
             log_format="text",
             store="rocksdb://",
             state_cache_max=args.cache,
+            fire_chunk=args.fire_chunk,
             web_port=free_port(),
         )
         if args.no_tiers:
@@ -174,6 +182,7 @@ def main() -> int:
     result = {
         "users": args.users,
         "cache": args.cache,
+        "fire_chunk": args.fire_chunk,
         "tiers": not args.no_tiers,
         "records_per_s": (held_peak["records"] - first["records"]) / (consumed_at - first["s"]),
         "all_consumed": held_peak,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from linkwatch.codec import decode_event
 from linkwatch.engine import JourneyEngine, Verdict
 from linkwatch.errors import RecordRejected, RejectReason
-from linkwatch.journeys import JourneySet
+from linkwatch.journeys import JourneySet, load_journeys
 from linkwatch.partition import PartitionProcessor
+from linkwatch.simulate import generate
 from linkwatch.triggers import Trigger
 from tests.builders import at, raw
 
@@ -262,3 +265,57 @@ def test_ticks_that_keep_coming_late_do_not_postpone_idleness_for_ever(
     for t in range(WALL + 1500, WALL + 4 * IDLE, 1500):
         fired += triggers(p.on_tick(t))
     assert [t.missed_step for t in fired] == ["checkout"]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 40])
+def test_a_fire_limit_cuts_the_firing_without_changing_it(limit: int) -> None:
+    """With a `fire_limit`, a watermark jumping past many deadlines and expiries decides at
+    most that many per call, `behind` until done; drained with `catch_up` before each next
+    event (as the worker does), the outputs are those of deciding everything at once, in
+    the same order."""
+    lines = list(generate(users=400, seed=5, start_ms=1_732_233_600_000, bad_ratio=0.0))
+    journeys = load_journeys()
+
+    def run(processor: PartitionProcessor) -> tuple[list[Any], int]:
+        outputs: list[Any] = []
+        calls = 0  # catch-ups that found the partition behind after a full chunk
+
+        def drain() -> None:
+            nonlocal calls
+            while processor.behind:
+                calls += 1
+                outputs.extend(processor.catch_up())
+
+        for n, line in enumerate(lines):
+            drain()
+            try:
+                outputs.extend(processor.process(decode_event(line)).outputs)
+            except RecordRejected:
+                continue
+            if n % 500 == 499 and processor.watermark is not None:
+                drain()  # then a jump of six hours: most of what is open, and idle, is due
+                outputs.extend(processor.advance_to(processor.watermark + 6 * 3_600_000))
+        drain()
+        outputs.extend(processor.flush(close_open=True))
+        return outputs, calls
+
+    expected, _ = run(PartitionProcessor(JourneyEngine(journeys)))
+    cut, calls = run(PartitionProcessor(JourneyEngine(journeys), fire_limit=limit))
+    assert cut == expected
+    assert sum(isinstance(o, Trigger) for o in expected) > 50
+    assert calls > 2 * 400 // limit  # it did fall behind, chunk after chunk
+
+
+def test_a_restored_partition_catches_up_on_what_was_due_when_written(
+    cart_journeys: JourneySet,
+) -> None:
+    """A worker that wrote its states mid-way through a long catch-up and crashed restores
+    a watermark past deadlines still open: they are the first thing decided."""
+    p = PartitionProcessor(JourneyEngine(cart_journeys))
+    p.process(decode_event(cart("a", at(0))))
+    store = dict(p.store)
+    restored = PartitionProcessor(JourneyEngine(cart_journeys), store, fire_limit=5)
+    restored.restore(at(3600), {"": at(3600)}, None)
+    assert restored.behind
+    assert [t.missed_step for t in triggers(restored.catch_up())] == ["checkout"]
+    assert not restored.behind

@@ -166,6 +166,13 @@ class Metrics:
             "finds none), by the partitions this worker holds now",
             registry=registry,
         )
+        self.catch_up_chunks = Counter(
+            "linkwatch_catch_up_chunks_total",
+            "Chunks of LINKWATCH_FIRE_CHUNK deadlines and expiries decided after a first one, "
+            "each once the triggers of the one before were delivered and its states written "
+            "(a watermark that jumped past more than that at once: a drained backlog)",
+            registry=registry,
+        )
         self.state_oversized = Counter(
             "linkwatch_state_oversized_total",
             "State values too big for a changelog record, kept in memory only (a crash loses "

@@ -24,7 +24,7 @@ from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.events import Event, format_ts
 from linkwatch.reload import Shapes, retire, shapes_of
 from linkwatch.state import UserState, has_work
-from linkwatch.wakeups import HeapWakeups, Wakeups
+from linkwatch.wakeups import CHUNK, HeapWakeups, Wakeups
 
 # An event this far ahead of the watermark is a broken clock, not the future.
 MAX_FUTURE_MS: Final = 86_400_000
@@ -63,6 +63,7 @@ class PartitionProcessor:
         stall_ms: int | None = None,
         wakeups: Wakeups | None = None,
         expiries: Wakeups | None = None,
+        fire_limit: int | None = None,
     ) -> None:
         self.engine = engine
         self.store: MutableMapping[str, UserState] = {} if store is None else store
@@ -85,6 +86,12 @@ class PartitionProcessor:
         self._wakeups: Wakeups = HeapWakeups() if wakeups is None else wakeups
         # Idle users to forget once their state TTL has passed: (expiry, user_id).
         self._expiries: Wakeups = HeapWakeups() if expiries is None else expiries
+        # Live: at most this many wake-ups and expiries taken per call, so that a watermark
+        # jumping past a million deadlines does not decide them all (states and triggers
+        # held in memory) before any is delivered. The rest wait, `behind`, for `catch_up`.
+        # None (offline): everything due at once.
+        self.fire_limit = fire_limit
+        self.behind = False
 
     def process(
         self,
@@ -181,6 +188,8 @@ class PartitionProcessor:
             self.sources[name] = SourceClock(ts, now_ms)
         self.max_ts = max(sources.values(), default=None)
         self.rebuild_index()
+        # Written while catching up, the states may still hold deadlines up to the watermark.
+        self.behind = True
 
     def reconfigure(self, engine: JourneyEngine, since: Shapes | None = None) -> list[Output]:
         """Run under `engine` from now on (a reloaded configuration). Every stored state gives
@@ -230,16 +239,38 @@ class PartitionProcessor:
         return None if lowest is None else lowest - self.lateness_ms
 
     def advance_to(self, watermark: int) -> list[Output]:
-        """Move the watermark forward (never back) and fire everything due up to it."""
+        """Move the watermark forward (never back) and fire everything due up to it (with a
+        `fire_limit`, the first of it: see `catch_up`)."""
         if self.watermark is not None and watermark <= self.watermark:
             return []
         self.watermark = watermark
+        self.behind = True
+        return self.catch_up()
+
+    def catch_up(self) -> list[Output]:
+        """Fire what is due up to the watermark and not fired yet: at most `fire_limit`
+        wake-ups and expiries, in time order; `behind` stays True while some may be left.
+        Cut anywhere, the outputs are those of firing everything at once, in the same order.
+        A caller with a `fire_limit` calls this until `behind` is False before it gives the
+        partition its next event (the event must meet the state the deadlines left)."""
+        if not self.behind or self.watermark is None:
+            self.behind = False
+            return []
+        watermark = self.watermark
+        budget = self.fire_limit
         outputs: list[Output] = []
         store = self.store
         engine = self.engine
         # Taken in chunks: what a step re-schedules is beyond the watermark, so a chunk
         # never holds an entry the step before it added.
-        while due := self._wakeups.take_due(watermark):
+        while True:
+            if budget == 0:
+                return outputs  # `behind`: there may be more
+            due = self._wakeups.take_due(watermark, _chunk(budget))
+            if not due:
+                break
+            if budget is not None:
+                budget -= len(due)
             for _, user_id in due:
                 state = store.get(user_id)
                 if state is None:
@@ -256,7 +287,7 @@ class PartitionProcessor:
                     # can only come from a bug, and must cost a delay, not a stalled stream.
                     wake = advanced.wake if advanced.wake > watermark else watermark + 1
                     self._schedule(advanced.state, wake, user_id)
-        self._expire_idle(watermark)
+        self.behind = not self._expire_idle(watermark, budget)
         return outputs
 
     def _schedule(self, state: UserState, wake: int, user_id: str) -> None:
@@ -265,11 +296,20 @@ class PartitionProcessor:
         else:
             self._expiries.push(wake, user_id)
 
-    def _expire_idle(self, watermark: int) -> None:
+    def _expire_idle(self, watermark: int, budget: int | None) -> bool:
+        """Forget idle users whose state TTL has passed, at most `budget` of the entries due:
+        whether all of them are done."""
         expiries = self._expiries
         store = self.store
         forget_at = self.engine.forget_at
-        while due := expiries.take_due(watermark):
+        while True:
+            if budget == 0:
+                return False
+            due = expiries.take_due(watermark, _chunk(budget))
+            if not due:
+                return True
+            if budget is not None:
+                budget -= len(due)
             for _, user_id in due:
                 state = store.get(user_id)
                 if state is None or has_work(state):
@@ -289,6 +329,8 @@ class PartitionProcessor:
             outputs.extend(self.advance_to(self.max_ts))
         if close_open:
             outputs.extend(self.advance_to(END_OF_TIME))
+        while self.behind:
+            outputs.extend(self.catch_up())
         return outputs
 
     def rebuild_index(self) -> None:
@@ -309,6 +351,10 @@ class PartitionProcessor:
         for state in self.store.values():
             for name, inst in state.instances.items():
                 yield name, steps[name][inst.step].name
+
+
+def _chunk(budget: int | None) -> int:
+    return CHUNK if budget is None else min(CHUNK, budget)
 
 
 def _future(ts: int, reference: int, what: str) -> RecordRejected:

@@ -211,6 +211,7 @@ class LiveJourneys:
                 started_at=now,
                 sources=self.settings.input_topics.values(),
                 stall_ms=self.settings.stall_ms,
+                fire_limit=self.settings.fire_chunk or None,
                 **self._wakeups_of(number, store),
             )
             # (Before progress moved next to the states it was in the watermarks table.)
@@ -303,6 +304,7 @@ class LiveJourneys:
         outputs: list[Output] = []
         letters: list[dict[str, Any]] = []
         ticked: set[int] = set()
+        last_of: dict[int, EventT[Any]] = {}  # partition → its last record in the batch
         for event in events:
             message = event.message
             partition = message.partition
@@ -311,6 +313,9 @@ class LiveJourneys:
             if processor.engine is not self.engine:
                 outputs.extend(self._reconfigure(partition, processor))
                 self.progress_due.add(partition)
+            if processor.behind:
+                self.unwritten.setdefault(partition, event)
+                await self._catch_up(partition, processor, outputs, letters, now)
             kind = self.kind_of_topic.get(message.topic)
             if kind is not None:
                 self._check_gap(message, partition)
@@ -323,17 +328,16 @@ class LiveJourneys:
             else:
                 outputs.extend(self._on_record(processor, kind, message, now, backlog, letters))
             self.unwritten[partition] = event  # the context of its writes
+            last_of[partition] = event
             if self.batched_events >= YIELD_AFTER_EVENTS:
                 self.batched_events = 0
                 await asyncio.sleep(0)
-        if letters:
-            # Delivered before the record's offset can be committed, like a trigger.
-            await deliver_all(self.dlq_topic.send, letters)
-        if outputs:
-            self.metrics.count_outputs(outputs)
-            await self._publish(outputs, now)
-            if self.signal_outbox is not None:
-                self.signal_outbox.add_signals(derive_signals(outputs, self.features))
+        for partition, event in last_of.items():
+            behind = self.processors.get(partition)
+            if behind is not None and behind.behind:
+                self.unwritten.setdefault(partition, event)
+                await self._catch_up(partition, behind, outputs, letters, now)
+        await self._deliver(outputs, letters, now)
         for partition in sorted(ticked):  # after the signals they cover
             ticked_processor = self.processors.get(partition)
             if ticked_processor is not None:
@@ -345,6 +349,44 @@ class LiveJourneys:
             await self._write(now)
         elif self.signal_outbox is not None and self.signal_outbox.full:
             await self.signal_outbox.flush()
+
+    async def _deliver(
+        self, outputs: list[Output], letters: list[dict[str, Any]], now: int
+    ) -> None:
+        """Deliver the dead letters and outputs gathered (then forgotten): before the
+        offsets of their records can be committed, and before the states that produced them
+        are written."""
+        if letters:
+            await deliver_all(self.dlq_topic.send, letters)
+            letters.clear()
+        if outputs:
+            self.metrics.count_outputs(outputs)
+            await self._publish(outputs, now)
+            if self.signal_outbox is not None:
+                self.signal_outbox.add_signals(derive_signals(outputs, self.features))
+            outputs.clear()
+
+    async def _catch_up(
+        self,
+        partition: int,
+        processor: PartitionProcessor,
+        outputs: list[Output],
+        letters: list[dict[str, Any]],
+        now: int,
+    ) -> None:
+        """A partition whose watermark jumped past more deadlines than it decides at once
+        (`fire_chunk`) decides them chunk by chunk, and before each next chunk delivers
+        everything gathered and writes the states changed: a million deadlines passing at
+        once hold one chunk in memory, not a million states and triggers. Everything is
+        written in order as at a batch's end (outputs first), only sooner."""
+        outputs.extend(processor.catch_up())
+        while processor.behind:
+            await self._deliver(outputs, letters, now)
+            await self._write(now)
+            if self.processors.get(partition) is not processor:
+                return  # revoked meanwhile: its new owner takes over from what was written
+            self.metrics.catch_up_chunks.inc()
+            outputs.extend(processor.catch_up())
 
     async def write_pending(self) -> None:
         """Write every state changed since the last write (see `on_batch`)."""

@@ -209,12 +209,14 @@ def test_the_rocksdb_store_gives_the_same_triggers(
     """The same oracle check on the RocksDB store (rocksdict): state written in each
     partition's event context, read back, and scanned when partitions are assigned; with
     every state held decoded, and with at most 20 per partition (the rest read back from
-    each partition's database when needed).
+    each partition's database when needed) and deadlines decided 3 at a time (delivered
+    and written before the next 3: `fire_chunk`).
 
     Not tested here: restarting onto RocksDB state. On Tansu, Faust's recovery refuses it,
     because Tansu under-reports a topic's end offset (README, known limitations)."""
     settings = kafka_settings.model_copy(
-        update=FAST | {"store": "rocksdb://", "state_cache_max": cache_max}
+        update=FAST
+        | {"store": "rocksdb://", "state_cache_max": cache_max, "fire_chunk": 3 if cache_max else 0}
     )
     lines = list(generate(users=800, seed=23, start_ms=START, bad_ratio=0.01))
     expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
@@ -233,17 +235,23 @@ def test_the_rocksdb_store_gives_the_same_triggers(
 
         assert wait_for(all_fired, timeout=180, interval=0.2), worker.tail_log()
         reads = sum_metric(worker.metrics(), "linkwatch_state_reads")
+        chunks = sum_metric(worker.metrics(), "linkwatch_catch_up_chunks_total")
         assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
     assert list(settings.data_dir.rglob("CURRENT"))  # RocksDB databases were really used
     most = max(users for users, _ in held)
-    print(f"users held at most {most:.0f}; (held, decoded): {held}; read back {reads:.0f}")
+    print(
+        f"users held at most {most:.0f}; (held, decoded): {held}; read back {reads:.0f}; "
+        f"chunks of deadlines after a first {chunks:.0f}"
+    )
     if cache_max:
         assert most > 400  # many more users than the caches hold...
         assert min(decoded for users, decoded in held if users == most) < most
         assert reads > 0  # ... so some were read back from RocksDB
+        assert chunks > 0  # and more than 3 deadlines passed at once
     else:
         assert all(decoded == users for users, decoded in held)
         assert reads == 0
+        assert chunks == 0
     ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
     assert set(ids) == expected_ids
     assert len(ids) == len(expected_ids)
