@@ -593,6 +593,42 @@ async def test_states_are_written_once_per_commit_before_the_offsets_it_commits_
     assert log.count(("state written", b"u2")) == 1
 
 
+async def test_a_commit_writes_its_states_in_slices_while_the_agents_go_on(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """A commit takes the states changed by then and writes them a slice at a time; a batch
+    handled meanwhile changes a user it took, which the commit writes as it was when taken,
+    and the next commit as it is now. No offset is committed before the last slice."""
+    journeys, log = live
+    consumer = CommittingConsumer(log)
+    consumer.done.set()
+    write_before_commits(consumer, [journeys])
+    users = 10 * service.WRITE_SLICE
+    first = [
+        message("events.click", n, f"u{n}".encode(), raw(user_id=f"u{n}", page="cart"))
+        for n in range(users)
+    ]
+    await journeys.on_batch(first)
+    consumer.acked.append(users - 1)
+    commit = asyncio.create_task(consumer.force_commit())
+    await asyncio.sleep(0)
+    checkout = raw(event_id="c0", user_id="u0", page="checkout", ts=at(1))
+    await journeys.on_batch([message("events.click", users, b"u0", checkout)])
+    log.append(("batch handled", None))
+    await commit
+    written = [
+        i for i, (what, key) in enumerate(log) if what == "state written" and key[:1] == b"u"
+    ]
+    assert len(written) == users
+    assert written[0] < log.index(("batch handled", None)) < written[-1]  # between slices
+    assert log.index(("offsets committed", {"events.click/0": users})) > written[-1]
+    table = journeys.states
+    assert len(load_state(table[b"u0"])[1].pending) == 1  # as taken: the cart only
+    consumer.acked.append(users)
+    await consumer.force_commit()
+    assert len(load_state(table[b"u0"])[1].pending) == 2  # as now: and the checkout
+
+
 async def one_record_and_a_slow_broker(
     journeys: LiveJourneys, log: Log
 ) -> tuple[CommittingConsumer, asyncio.Event]:

@@ -88,6 +88,8 @@ OPS = st.lists(
         st.tuples(st.just("del"), KEYS, st.just("")),
         st.tuples(st.just("get"), KEYS, st.just("")),
         st.tuples(st.just("flush"), st.just(""), st.just("")),
+        st.tuples(st.just("take"), st.just(""), st.just("")),
+        st.tuples(st.just("write"), st.just(""), st.just("")),
     ),
     max_size=60,
 )
@@ -103,11 +105,23 @@ def test_a_cached_store_behaves_as_the_mapping_it_stands_for(
     ops: list[tuple[str, str, str]], capacity: int, stored: dict[str, str]
 ) -> None:
     """Whatever the capacity, reads give what was last written, and each flush leaves the
-    table holding exactly the mapping; at most `capacity` unchanged values stay decoded."""
+    table holding exactly the mapping; at most `capacity` unchanged values stay decoded.
+    Changes taken (`take`) and written later, in order (`write`), while keys change meanwhile,
+    leave the table holding the mapping as it was at each take."""
     table = {key.encode(): value.encode() for key, value in stored.items()}
     table[progress_key(0)] = b"{}"  # not a value: never seen through the store
     model = dict(stored)
     store = cached(table, capacity)
+    taken: list[tuple[Any, dict[str, str]]] = []  # (changes, the mapping at the take)
+
+    def in_table() -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in table.items() if k[:1] != b"\x00"}
+
+    def write_oldest() -> None:
+        changes, then = taken.pop(0)
+        store.write(changes)
+        assert in_table() == then
+
     for op, key, value in ops:
         if op == "set":
             store[key] = value
@@ -122,14 +136,36 @@ def test_a_cached_store_behaves_as_the_mapping_it_stands_for(
         elif op == "get":
             assert store.get(key) == model.get(key)
             assert (key in store) == (key in model)
+        elif op == "take":
+            taken.append((store.take(), dict(model)))
+        elif op == "write":
+            if taken:
+                write_oldest()
         else:
+            while taken:  # (the worker writes a take only after the ones before it)
+                write_oldest()
             store.flush()
-            assert {k.decode(): v.decode() for k, v in table.items() if k[:1] != b"\x00"} == model
+            assert in_table() == model
             assert store.cached <= capacity
             assert store.dirty == 0
         assert len(store) == len(model)
         assert dict(store.items()) == model
     assert sorted(store) == sorted(model)
+
+
+def test_an_older_take_written_late_leaves_the_newer_value() -> None:
+    """A key taken, changed and taken again before the first take is written: reads give the
+    newest value while both are written, and after; the table ends with it."""
+    table: dict[bytes, bytes] = {}
+    store = cached(table, capacity=0)
+    store["k"] = "v1"
+    first = store.take()
+    store["k"] = "v2"
+    second = store.take()
+    store.write(first)
+    assert (table[b"k"], store["k"], dict(store.items())) == (b"v1", "v2", {"k": "v2"})
+    store.write(second)
+    assert (table[b"k"], store["k"], store.dirty) == (b"v2", "v2", 0)
 
 
 def test_a_cached_store_reads_back_what_it_evicted_from_rocksdb(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ def signal_message(sig: Signal) -> bytes:
 
 # Most bytes of signals packed into one record: well under the broker's 1 MB message size.
 PACKED_MAX_BYTES: Final = 256 * 1024
+# Signals offered between two runs of the event loop (`LiveEntities._offer_all`).
+YIELD_AFTER_SIGNALS: Final = 200
 
 # An entity's signals partition (the shell's: Kafka's default partitioner on the entity).
 PartitionOf = Callable[[str], int]
@@ -305,7 +307,7 @@ class LiveEntities:
                 self.unwritten[partition] = event  # the context of its writes
                 data = orjson.loads(message.value)
                 if isinstance(data, dict) and "signals" in data:
-                    self._offer_all(stage, data["signals"], message)
+                    await self._offer_all(stage, data["signals"], message)
                     for level, source, watermark in data.get("marks", ()):
                         mark = (level, source, watermark)
                         if self._on_mark(partition, stage, mark, outputs, higher_marks):
@@ -334,7 +336,8 @@ class LiveEntities:
 
     async def start_write(self) -> Callable[[], Awaitable[None]]:
         """The part of `write_held` that needs `lock`; returns the rest (as
-        `LiveJourneys.start_write`)."""
+        `LiveJourneys.start_write`, but the records are written to the table here, under the
+        lock)."""
         # The signals and marks the records' changes produced go first.
         await self.outbox.flush()
 
@@ -352,9 +355,14 @@ class LiveEntities:
         self.progress_due.clear()
         return functools.partial(end_batch, self.records, written, self.flush_producer)
 
-    def _offer_all(self, stage: EntityStage, signals: list[Any], message: Any) -> None:
-        """The signals of a packed record, each on its own: a bad one costs itself only."""
+    async def _offer_all(self, stage: EntityStage, signals: list[Any], message: Any) -> None:
+        """The signals of a packed record, each on its own: a bad one costs itself only.
+        A packed record holds up to a thousand: the event loop runs every
+        `YIELD_AFTER_SIGNALS` of them, so the journeys agent handles records meanwhile (safe
+        mid-batch, as there: nothing of the batch is acked yet)."""
         for index, data in enumerate(signals):
+            if index and not index % YIELD_AFTER_SIGNALS:
+                await asyncio.sleep(0)
             try:
                 self.on_offered(stage.offer(load_signal(data)))
             except Exception:

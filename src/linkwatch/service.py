@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import faust
 import orjson
@@ -64,7 +64,7 @@ from linkwatch.entities import (
     features_of,
 )
 from linkwatch.errors import RecordRejected, RejectReason
-from linkwatch.event_context import end_batch, write_partitions
+from linkwatch.event_context import end_batch, event_context
 from linkwatch.events import Event, parse_ts
 from linkwatch.faust_sensor import setup_faust_sensor
 from linkwatch.hotreload import JourneysWatcher
@@ -78,9 +78,11 @@ from linkwatch.recovery_watch import RecoveryWatchdog
 from linkwatch.reload import Shapes, dump_shapes, load_shapes, shapes_of
 from linkwatch.settings import Settings
 from linkwatch.signals import ENTITY_LEVEL
+from linkwatch.state import UserState
 from linkwatch.store import (
     CLOSES_COMMIT,
     CachedStore,
+    Changes,
     PartitionStore,
     UserStore,
     cached_user_store,
@@ -110,6 +112,9 @@ RAW: dict[str, Any] = {
 # Safe mid-batch: Faust revokes a partition only once the batch is acked. Records of one
 # event do not count, so their batches run as before.
 YIELD_AFTER_EVENTS = 2000
+# A write lets the event loop run after encoding and handing this many states to the table,
+# so that records keep being handled while a commit writes.
+WRITE_SLICE = 200
 # A tick not read back this long after it was sent is taken for lost and sent again
 # (`ticks.TickPacer`): far beyond a healthy broker's round trip, short beside a deadline.
 TICK_RESEND_AFTER_MS = 30_000
@@ -168,6 +173,8 @@ class LiveJourneys:
     unwritten: dict[int, EventT[Any]] = field(default_factory=dict)
     progress_due: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # a batch, or a write: never both
+    # The latest write's states going into the table (`_write_taken`); the next waits for it.
+    writing: asyncio.Future[list[tuple[int, Any]]] | None = None
 
     def __post_init__(self) -> None:
         self.engine = JourneyEngine(self.journeys)
@@ -399,9 +406,11 @@ class LiveJourneys:
 
     async def start_write(self) -> Callable[[], Awaitable[None]]:
         """The part of `write_held` that needs `lock`: the signals and marks held are
-        delivered, and every changed state is written to the table but not waited for.
-        Returns the rest, which needs no lock (`end_batch`: wait for the writes, then end the
-        partitions written). An offset commit runs it after letting the agents go on."""
+        delivered, and every changed state is taken as it is now, to be written to the table
+        a slice at a time without the lock (`_write_taken`, already started). Returns the
+        rest, which needs no lock (`end_batch`: wait for those writes and their
+        acknowledgement, then end the partitions written). An offset commit runs it after
+        letting the agents go on."""
         return await self._start_write(wall_ms())
 
     async def _write(self, now: int) -> None:
@@ -411,29 +420,58 @@ class LiveJourneys:
     async def _start_write(self, now: int) -> Callable[[], Awaitable[None]]:
         if self.signal_outbox is not None:
             await self.signal_outbox.flush()
-
-        def write(partition: int) -> int:
+        if self.writing is not None and not self.writing.done():
+            # The write before this one is still putting its states in the table: its
+            # values are older than ours (no broker round trip is waited for here).
+            await asyncio.wait([self.writing])
+        taken: list[TakenStates] = []
+        for partition, event in self.unwritten.items():
             loaded = self.processors.get(partition)
             if loaded is None:
-                return 0
-            changed = self.stores[partition].flush()
-            # The states just written were decided under this watermark (what was late,
-            # what was forgotten): it is written with them, or a restart would judge
-            # replayed records against an older one and decide differently. After them,
-            # in their changelog partition, it closes them (`commit_table`): they are never
-            # restored without it, nor it without them.
+                continue
+            store = self.stores[partition]
+            changes = store.take()
+            # The states taken were decided under this watermark (what was late, what was
+            # forgotten): it is written with them, or a restart would judge replayed records
+            # against an older one and decide differently. After them, in their changelog
+            # partition, it closes them (`commit_table`): they are never restored without
+            # it, nor it without them.
             if (
-                changed
+                changes
                 or partition in self.progress_due
                 or loaded.watermark != self.saved.get(partition)
             ):
-                self._save_progress(partition, loaded, now)
-                changed += 1
-            return changed
-
-        written = write_partitions(self.unwritten, write)
+                progress = self._progress_record(partition, loaded, now)
+                taken.append(TakenStates(partition, event, store, changes, progress))
+        self.unwritten.clear()
         self.progress_due.clear()
-        return functools.partial(end_batch, self.states, written, self.flush_producer)
+        # Encoding and handing the states to the table is most of a commit's work under
+        # load (hundreds of states): done in slices, between which the agents go on.
+        writing = asyncio.ensure_future(self._write_taken(taken))
+        self.writing = writing
+
+        async def finish() -> None:
+            await end_batch(self.states, await writing, self.flush_producer)
+
+        return finish
+
+    async def _write_taken(self, taken: list[TakenStates]) -> list[tuple[int, Any]]:
+        """Write what `_start_write` took, a slice at a time, each partition's states then
+        its progress, in the event context of one of its records: (partition, record) of
+        each partition written, for `end_batch`."""
+        written: list[tuple[int, Any]] = []
+        for part in taken:
+            changes = part.changes
+            for start in range(0, len(changes), WRITE_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                with event_context(part.event):
+                    part.store.write(changes[start : start + WRITE_SLICE])
+            with event_context(part.event):
+                self.states[progress_key(part.partition)] = part.progress
+            written.append((part.partition, part.event))
+            await asyncio.sleep(0)
+        return written
 
     def _reconfigure(self, partition: int, processor: PartitionProcessor) -> list[Output]:
         retired = processor.reconfigure(self.engine)
@@ -635,13 +673,14 @@ class LiveJourneys:
         if 0 <= delay < 3600:  # real-time traffic only; replays of old data are not latency
             self.metrics.deadline_delay.observe(delay)
 
-    def _save_progress(self, partition: int, processor: PartitionProcessor, now: int) -> None:
+    def _progress_record(self, partition: int, processor: PartitionProcessor, now: int) -> bytes:
+        """The partition's progress as of now, to be written after its states."""
         self.saved[partition] = processor.watermark
         if processor.watermark is not None:
             self.metrics.watermark_lag.labels(str(partition)).set(
                 (now - processor.watermark) / 1000
             )
-        self.states[progress_key(partition)] = orjson.dumps(
+        return orjson.dumps(
             {
                 "watermark": processor.watermark,
                 "sources": {
@@ -657,6 +696,16 @@ class LiveJourneys:
                 CLOSES_COMMIT: True,
             }
         )
+
+
+class TakenStates(NamedTuple):
+    """One partition's changed states taken to be written, and its progress after them."""
+
+    partition: int
+    event: Any  # one of its records: the event context of the writes
+    store: UserStore
+    changes: Changes[UserState]
+    progress: bytes
 
 
 @dataclass
@@ -718,14 +767,15 @@ def write_before_commits(
 
     Faust commits the offsets of acked records from a timer, on a rebalance and on stop, all
     through `force_commit`; wrapped here, it takes every writer's lock (an agent holds its
-    own while it handles a batch; Faust acks a batch's records only after that), writes the
-    states to the tables (`start_write`), and keeps the locks until Faust has chosen the
-    offsets to commit (seen through `_filter_committable_offsets`). So every record acked by
-    then belongs to a batch that had ended, with its outputs delivered, and its states are
-    among those written. The agents go on from there: the rest of the write (waiting for the
-    broker to acknowledge it, ending the changelog partitions written) runs while they work,
-    and Faust sends nothing attached to the offsets and commits none of them before it is done
-    (`_handle_attached`, the first step of Faust's commit after choosing, waits for it).
+    own while it handles a batch; Faust acks a batch's records only after that), takes the
+    changed states (`start_write`), and keeps the locks until Faust has chosen the offsets to
+    commit (seen through `_filter_committable_offsets`). So every record acked by then
+    belongs to a batch that had ended, with its outputs delivered, and its states are among
+    those taken. The agents go on from there: the rest of the write (the states into the
+    tables a slice at a time, waiting for the broker to acknowledge them, ending the
+    changelog partitions written) runs while they work, and Faust sends nothing attached to
+    the offsets and commits none of them before it is done (`_handle_attached`, the first
+    step of Faust's commit after choosing, waits for it).
     Holding the locks through those round trips paused every agent for hundreds of
     milliseconds per commit under load (bench/service.py latency). `on_pause` is told how
     long each commit held the agents, in seconds.

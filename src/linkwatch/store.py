@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_VALUE_BYTES: Final = 900_000
 
 V = TypeVar("V")
+# (key, value) taken to be written, in order; None: the key was deleted.
+Changes = list[tuple[str, V | None]]
 # (key, value, partition) → the bytes stored; the partition is kept in the value so that
 # recovered states can be grouped by partition whatever partitioner the producers used.
 Encoder = Callable[[str, V, int], bytes]
@@ -88,12 +90,24 @@ class WriteBackStore(MutableMapping[str, V], Generic[V]):
 
     def flush(self) -> int:
         """Write changed keys to the table (must run in the partition's event context)."""
-        written = 0
-        for user_id in self._dirty:
-            state = self._states.get(user_id)
-            raw = None if state is None else self._encode(user_id, state, self.partition)
-            written += write_key(self._table, user_id, raw, self)
+        return self.write(self.take())
+
+    def take(self) -> Changes[V]:
+        """The keys changed since the last take, with their values now (None: deleted), for
+        `write`: values are immutable, so what is taken stays as it was at the take, however
+        the keys change before it is written."""
+        states = self._states
+        changes = [(key, states.get(key)) for key in self._dirty]
         self._dirty.clear()
+        return changes
+
+    def write(self, changes: Changes[V]) -> int:
+        """Write taken changes to the table (in the partition's event context), in the order
+        taken: how many were written."""
+        written = 0
+        for key, value in changes:
+            raw = None if value is None else self._encode(key, value, self.partition)
+            written += write_key(self._table, key, raw, self)
         return written
 
 
@@ -220,6 +234,8 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
         self._size = size
         self._clean: OrderedDict[str, Any] = OrderedDict()  # value, or _ABSENT
         self._changed: dict[str, V | None] = {}  # None: deleted
+        # Taken (`take`) but not written yet: newer than the table.
+        self._writing: dict[str, V | None] = {}
         # Too big for the changelog: kept in memory only (reported by `flush`).
         self._unwritable: dict[str, V] = {}
         self.on_oversized: Callable[[str, int], None] = log_oversized
@@ -228,9 +244,10 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
 
     def _lookup(self, key: str) -> Any:
         """The value, or _ABSENT."""
-        if key in self._changed:
-            value = self._changed[key]
-            return _ABSENT if value is None else value
+        for newer in (self._changed, self._writing):
+            if key in newer:
+                value = newer[key]
+                return _ABSENT if value is None else value
         clean = self._clean
         if key in clean:
             clean.move_to_end(key)
@@ -283,21 +300,21 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     def items(self) -> Iterator[tuple[str, V]]:  # type: ignore[override]
         """Every key and value: the table's, as changed since the last flush. A pass over
         the table, for the rare whole-partition jobs; it caches nothing."""
-        changed, unwritable = self._changed, self._unwritable
+        # Newer than the table, newest first: a key is never both unwritable and changed
+        # or being written (a change takes it out of unwritable, and a write puts it there
+        # only if not changed since).
+        newer: dict[str, V | None] = {**self._unwritable, **self._writing, **self._changed}
         for raw_key, raw in self._scan():
             if not raw or raw_key.startswith(b"\x00"):
                 continue  # deleted, a marker or a partition's progress
             key = raw_key.decode()
-            if key in changed or key in unwritable:
-                continue  # newer in memory: below
+            if key in newer:
+                continue  # below
             value = self._clean.get(key, _ABSENT)
             yield key, self._decode(raw) if value is _ABSENT else value
-        # A key is never both changed and unwritable (a change takes it out of unwritable,
-        # a flush out of changed).
-        for key, value in list(changed.items()):
+        for key, value in newer.items():
             if value is not None:
                 yield key, value
-        yield from list(unwritable.items())
 
     def values(self) -> Iterator[V]:  # type: ignore[override]
         for _, value in self.items():
@@ -305,26 +322,43 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
 
     @property
     def dirty(self) -> int:
-        return len(self._changed)
+        return len(self._changed) + len(self._writing)
 
     @property
     def cached(self) -> int:
         """Values held decoded (written or not)."""
-        return len(self._clean) + len(self._changed) + len(self._unwritable)
+        return len(self._clean) + self.dirty + len(self._unwritable)
 
     def flush(self) -> int:
         """Write changed keys to the table (in the partition's event context), then let them
         be evicted."""
+        return self.write(self.take())
+
+    def take(self) -> Changes[V]:
+        """As `WriteBackStore.take`; until `write` has written them, the values taken are
+        what a read of their keys finds (unless changed again)."""
+        changes = list(self._changed.items())
+        self._writing.update(self._changed)
+        self._changed = {}
+        return changes
+
+    def write(self, changes: Changes[V]) -> int:
+        """As `WriteBackStore.write`; the values written may then be evicted."""
         written = 0
-        clean = self._clean
-        for key, value in self._changed.items():
+        clean, writing, changed = self._clean, self._writing, self._changed
+        for key, value in changes:
             raw = None if value is None else self._encode(key, value, self.partition)
-            if write_key(self._table, key, raw, self):
+            stored = write_key(self._table, key, raw, self)
+            written += stored
+            if key not in writing or writing[key] is not value:
+                continue  # taken again since, newer: that take writes it
+            del writing[key]
+            if key in changed:
+                continue  # changed since: newer
+            if stored:
                 clean[key] = _ABSENT if value is None else value
-                written += 1
             else:
                 self._unwritable[key] = cast(V, value)
-        self._changed.clear()
         while len(clean) > self.capacity:
             clean.popitem(last=False)
         return written
