@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from linkwatch.engine import JourneyEngine, Verdict
 from linkwatch.errors import RecordRejected, RejectReason
 from linkwatch.journeys import JourneySet, load_journeys
 from linkwatch.partition import PartitionProcessor
+from linkwatch.reload import shapes_of
 from linkwatch.simulate import generate
 from linkwatch.triggers import Trigger
 from tests.builders import at, raw
@@ -295,8 +297,10 @@ def test_a_fire_limit_cuts_the_firing_without_changing_it(limit: int) -> None:
             if n % 500 == 499 and processor.watermark is not None:
                 drain()  # then a jump of six hours: most of what is open, and idle, is due
                 outputs.extend(processor.advance_to(processor.watermark + 6 * 3_600_000))
+                assert_open_counts(processor)
         drain()
         outputs.extend(processor.flush(close_open=True))
+        assert_open_counts(processor)
         return outputs, calls
 
     expected, _ = run(PartitionProcessor(JourneyEngine(journeys)))
@@ -319,3 +323,48 @@ def test_a_restored_partition_catches_up_on_what_was_due_when_written(
     assert restored.behind
     assert [t.missed_step for t in triggers(restored.catch_up())] == ["checkout"]
     assert not restored.behind
+
+
+def assert_open_counts(processor: PartitionProcessor) -> None:
+    """The open instances counted from transitions are those the states hold."""
+    counted = {journey: n for journey, n in processor.open_counts.items() if n}
+    assert counted == Counter(journey for journey, _ in processor.open_instances())
+
+
+class CountingStore(dict[str, Any]):
+    """States whose passes over all of them are counted."""
+
+    passes = 0
+
+    def items(self) -> Any:
+        self.passes += 1
+        return super().items()
+
+
+def test_a_partition_loaded_under_the_same_journeys_reads_its_states_once(
+    cart_journeys: JourneySet,
+) -> None:
+    """Restored and checked against the journeys it was written under (the same ones), a
+    partition reads its states once, to rebuild its index, and counts their open instances
+    then; a second pass (a million states on RocksDB) is only for changed journeys."""
+    p = PartitionProcessor(JourneyEngine(cart_journeys))
+    for n in range(5):
+        p.process(decode_event(cart(f"e{n}", at(n), user=f"u{n}")))
+    p.advance_to(at(10))
+    store = CountingStore(p.store)
+    loaded = PartitionProcessor(JourneyEngine(cart_journeys), store)
+    loaded.restore(p.watermark, {"": at(4)}, None)
+    assert loaded.reconfigure(loaded.engine, since=shapes_of(cart_journeys)) == []
+    assert store.passes == 1
+    assert_open_counts(loaded)
+    assert loaded.open_counts["cart_to_purchase"] == 5
+
+
+def test_open_counts_follow_a_flood_applied_on_arrival(cart_journeys: JourneySet) -> None:
+    """A user's buffer beyond `max_pending` is applied as events arrive, before any watermark
+    moves: the instances that opens are counted too."""
+    p = PartitionProcessor(JourneyEngine(cart_journeys))
+    for n in range(cart_journeys.max_pending + 3):  # all at one moment: never passed
+        p.process(decode_event(cart(f"e{n}", at(0))))
+    assert p.open_counts["cart_to_purchase"] == 1
+    assert_open_counts(p)

@@ -42,6 +42,15 @@ from linkwatch.triggers import REMEDIES, Cause, Resolution, Trigger, derive_id
 DEFAULT_STATE_TTL_MS: Final = 3_600_000
 
 Outcome = Literal["started", "reached", "converted", "exited", "dropped_off", "retired"]
+# How each outcome changes the number of open instances of its journey.
+OPEN_CHANGE: Final[Mapping[str, int]] = {
+    "started": 1,
+    "reached": 0,
+    "converted": -1,
+    "exited": -1,
+    "dropped_off": -1,
+    "retired": -1,
+}
 
 
 class Transition(NamedTuple):

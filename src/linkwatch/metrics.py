@@ -9,7 +9,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from linkwatch.commerce import CampaignLabels, measure_of, space_of
-from linkwatch.engine import Output, Transition, Verdict
+from linkwatch.engine import OPEN_CHANGE, Output, Transition, Verdict
 from linkwatch.entities import entity_metric_specs
 from linkwatch.errors import RejectReason
 from linkwatch.events import CHANNELS, Event, EventBase, PurchaseEvent
@@ -329,24 +329,21 @@ class Metrics:
         if t.outcome == "started":
             self._child(self.started, t.journey).inc()
             self._child(self.reached, t.journey, t.step).inc()
-            self._add_active(t.journey, 1)
         elif t.outcome == "reached":
             self._child(self.reached, t.journey, t.step).inc()
         elif t.outcome == "converted":
             self._child(self.converted, t.journey).inc()
-            self._add_active(t.journey, -1)
         elif t.outcome == "exited":
             self._child(self.exited, t.journey, t.step).inc()
-            self._add_active(t.journey, -1)
         elif t.outcome == "retired":
             self._child(self.retired, t.journey).inc()
-            self._add_active(t.journey, -1)
         else:
             self._child(self.dropped, t.journey, t.step, t.cause or "").inc()
             if t.trigger is not None:
                 group = uplift_group(t.trigger.user_id, self.holdout_percent)
                 self._child(self.recovery, t.journey, t.cause or "", group, "dropped_off").inc()
-            self._add_active(t.journey, -1)
+        if OPEN_CHANGE[t.outcome]:
+            self._add_active(t.journey, OPEN_CHANGE[t.outcome])
 
     def _add_active(self, journey: str, delta: int) -> None:
         self._active_counts[journey] = self._active_counts.get(journey, 0) + delta

@@ -38,6 +38,7 @@ import contextvars
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, cast
@@ -285,11 +286,10 @@ class LiveJourneys:
         self._reset_active()
 
     def _reset_active(self) -> None:
-        counts: dict[str, int] = {}
+        counts: Counter[str] = Counter()
         for processor in self.processors.values():
-            for journey, _step in processor.open_instances():
-                counts[journey] = counts.get(journey, 0) + 1
-        self.metrics.set_active(counts)
+            counts.update(processor.open_counts)
+        self.metrics.set_active(dict(counts))
 
     # -- records ---------------------------------------------------------------------------
 
