@@ -464,6 +464,18 @@ def service_board(_: JourneySet) -> Json:
     pause = [(quantile(q, PAUSE), f"p{round(q * 100)}") for q in (0.5, 0.99)]
     desc = "How long each offset commit held the agents (writing changed states); records wait."
     b.add(series("Commit pause", desc, pause, "s"), 12)
+    state = [
+        ("sum(linkwatch_state_cached)", "user states decoded in memory"),
+        ('sum(linkwatch_state_keys{stage="users"})', "users held"),
+    ]
+    desc = "On rocksdb:// at most LINKWATCH_STATE_CACHE_MAX per partition are decoded."
+    b.add(series("User states held", desc, state), 12)
+    chunks = [(per_second("linkwatch_catch_up_chunks_total"), "chunks/s")]
+    desc = (
+        "A watermark that jumped past more than LINKWATCH_FIRE_CHUNK deadlines at once "
+        "(a drained backlog) being worked off, chunk by chunk."
+    )
+    b.add(series("Deadlines caught up in chunks", desc, chunks, "ops"), 12)
 
     b.row("Rebalances and reloads")
     # Faust's rebalance timing histogram counts each completed rebalance; its
