@@ -1,7 +1,8 @@
 """The live worker on a real broker: throughput beside its floors, and deadline → trigger delay.
 
     .venv/bin/python bench/service.py [--events 100000] [--skip-throughput] [--skip-latency]
-        [--worker-only] [--latency-users 200] [--batch N] [--trickle-seconds 20]
+        [--worker-only] [--latency-users 200] [--batch N [--batch-window 5m]]
+        [--trickle-seconds 20]
         [--trickle-rate half|N]
         [--dead-end-probes 20] [--worker-set NAME=VALUE ...]
         [--lateness 10s] [--profile-worker] [--trace-worker DIR] [--keep-logs]
@@ -32,6 +33,11 @@ scrape that shows progress) / (time from that scrape to the one that shows all o
 records = linkwatch_events_total + linkwatch_records_rejected_total. CPU seconds are read from
 /proc/<pid>/stat (the helpers' CPU over their window from `time.process_time()`), peak RSS from
 VmHWM in /proc/<pid>/status, and the broker's CPU over each window is reported beside them.
+
+With --batch N > 1 the input goes out as batch records, reordered as SDKs that buffer each
+user's events would send them (`produce.sdk_flush_order`: at most N of one user and kind, sent
+--batch-window of event time after the first at the latest), and only the worker runs (the
+peers count Kafka records); its allowed lateness is the window + 1 s, so no event is late.
 
 Deadline → trigger delay. A fresh worker (idle_timeout 2 s, tick interval 250 ms) gets N cart
 clicks from distinct users whose 30-minute checkout budget runs out at moments spread from
@@ -96,7 +102,7 @@ import trace_worker  # bench/, beside this script
 from linkwatch.broker import EmbeddedBroker, process_cpu_seconds
 from linkwatch.datasets import amplify, rees46_events
 from linkwatch.journeys import load_journeys, parse_duration
-from linkwatch.produce import produce, route
+from linkwatch.produce import Batcher, produce, route, sdk_flush_order
 from linkwatch.replay import replay_lines, tune_gc_for_throughput
 from linkwatch.settings import Settings
 from linkwatch.simulate import daytime_zone, generate
@@ -512,10 +518,20 @@ def throughput(
     asyncio.run(ensure_topics(settings, inputs, PARTITIONS))
     per_topic = Counter(route(r, settings)[0].rsplit(".", 1)[-1] for r in records)
     print(f"data: {source}; {size / 1e6:.1f} MB; {dict(per_topic)}", flush=True)
+    batching = batch_plan(records, settings, args)
+    if batching is not None:
+        records = batching.pop("reordered")
+        print(
+            f"batch records: {batching['records']:,} for {len(records):,} events "
+            f"({batching['events_per_record']:.2f} a record; at most {args.batch} events of one "
+            f"user and kind, flushed {args.batch_window} of event time after the first); the "
+            f"worker's allowed lateness {batching['allowed_lateness']}",
+            flush=True,
+        )
     started = time.perf_counter()
     sent = asyncio.run(produce(settings, records, batch=args.batch))
     produce_s = time.perf_counter() - started
-    print(f"produced {sent:,} records in {produce_s:.1f} s ({sent / produce_s:,.0f}/s)")
+    print(f"produced {sent:,} events in {produce_s:.1f} s ({sent / produce_s:,.0f}/s)")
     replayed = records if args.batch == 1 else []
     del records
     print_header()
@@ -569,6 +585,9 @@ def throughput(
     name = "LinkWatch worker"
     profile = work / "worker.prof" if args.profile_worker else None
     worker_settings = own_outputs(settings, new_tag("w"), work)
+    lateness = batching["allowed_lateness"] if batching is not None else args.lateness
+    if lateness:
+        worker_settings = worker_settings.model_copy(update={"allowed_lateness": lateness})
     results[name] = run_worker_throughput(
         worker_settings, sent, work, timeout, broker_pid, stack, profile
     )
@@ -602,7 +621,8 @@ def throughput(
     return {
         "data": source,
         "events": sent,
-        "events_per_record": args.batch,
+        "events_per_record": 1 if batching is None else batching["events_per_record"],
+        "batching": batching,
         "bytes": size,
         "topics": {k: per_topic[k] for k in sorted(per_topic)},
         "partitions": PARTITIONS,
@@ -611,6 +631,34 @@ def throughput(
         "ratios": ratios,
         "profiled": profile is not None,
         "worker_profile_tottime_by_package_s": by_package,
+    }
+
+
+def batch_plan(
+    records: list[bytes], settings: Settings, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """With --batch N > 1: the records in the order SDKs buffering each user's events would
+    send them (`sdk_flush_order`), how many batch records `produce` makes of them, and an
+    allowed lateness for the worker that keeps every event on time (the flush window + 1 s,
+    or --lateness). As given, the amplified populations interleave: no two consecutive
+    records are one user's, so a batch record would hold one event."""
+    if args.batch == 1:
+        return None
+    window = parse_duration(args.batch_window)
+    reordered = list(sdk_flush_order(records, settings, args.batch, window))
+    batcher = Batcher(args.batch, settings.batch_record_max_bytes)
+    count = 0
+    for record in reordered:
+        count += len(batcher.add(*route(record, settings), record))
+    count += len(batcher.flush())
+    lateness = args.lateness or f"{(window + 1000) // 1000}s"
+    return {
+        "reordered": reordered,
+        "max_events": args.batch,
+        "flush_window": args.batch_window,
+        "records": count,
+        "events_per_record": len(reordered) / count,
+        "allowed_lateness": lateness,
     }
 
 
@@ -1223,7 +1271,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch",
         type=int,
         default=1,
-        help="events a batch record (NDJSON, one user's run); >1 runs only the worker",
+        help="most events a batch record (NDJSON, one user's events of one kind, reordered as "
+        "SDKs buffering them would send them); >1 runs only the worker",
+    )
+    parser.add_argument(
+        "--batch-window",
+        default="5m",
+        help="with --batch: an SDK sends a user's buffered events this long (event time) after "
+        "the first of them at the latest; the worker's allowed lateness is this + 1 s",
     )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
@@ -1247,7 +1302,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dead-end clicks per second inside the trickle (event -> immediate trigger)",
     )
     parser.add_argument(
-        "--lateness", default=None, help="override the journeys' allowed lateness (e.g. 2s)"
+        "--lateness",
+        default=None,
+        help="override the journeys' allowed lateness (e.g. 2s) for the workers started",
     )
     parser.add_argument(
         "--profile-worker",

@@ -23,6 +23,7 @@ from linkwatch.produce import (
     Pacer,
     endless_traffic,
     route,
+    sdk_flush_order,
 )
 from linkwatch.settings import INPUT_KINDS, Settings
 from linkwatch.simulate import generate
@@ -302,3 +303,93 @@ def test_the_worker_reads_batched_traffic_as_the_same_events_in_the_same_order(
     assert sum(o.events for o in out) == len(records)
     assert all(len(o.value) <= max_bytes and o.events <= max_events for o in out)
     assert decoded(out) == decoded(batched(records, max_events=1))
+
+
+# -- reordering interleaved users as SDKs would send them -----------------------------------
+
+
+def timed(user: str, eid: str, ts: int, kind: str = "click") -> bytes:
+    return orjson.dumps(orjson.loads(click(user, eid)) | {"ts": ts, "kind": kind})
+
+
+def flushed(records: list[bytes], max_events: int, after_ms: int) -> list[bytes]:
+    return list(sdk_flush_order(records, SETTINGS, max_events, after_ms))
+
+
+def test_interleaved_users_go_out_one_flush_each_as_batch_records() -> None:
+    records = [timed(user, f"{user}{i}", START_MS + i) for i in range(4) for user in "abc"]
+    assert len(batched(records, max_events=10)) == 12  # as given: nothing shares a record
+    out = flushed(records, max_events=10, after_ms=60_000)
+    assert [orjson.loads(r)["event_id"] for r in out] == [
+        *(f"a{i}" for i in range(4)),
+        *(f"b{i}" for i in range(4)),
+        *(f"c{i}" for i in range(4)),
+    ]
+    assert [(o.key, o.events) for o in batched(out, max_events=10)] == [
+        (b"a", 4),
+        (b"b", 4),
+        (b"c", 4),
+    ]
+
+
+def test_a_full_buffer_goes_at_once_and_a_stale_one_when_time_moves_past_it() -> None:
+    records = [
+        timed("a", "a0", START_MS),
+        timed("b", "b0", START_MS),
+        timed("a", "a1", START_MS + 1),  # a is full (2): out now
+        timed("a", "a2", START_MS + 1),  # a new buffer
+        timed("b", "b1", START_MS + 5_000),
+        timed("c", "c0", START_MS + 10_001),  # more than 10 s after b0: b goes, not a2
+    ]
+    out = flushed(records, max_events=2, after_ms=10_000)
+    assert [orjson.loads(r)["event_id"] for r in out] == ["a0", "a1", "b0", "b1", "a2", "c0"]
+
+
+def test_kinds_of_one_user_wait_apart_and_records_without_user_or_time_stay_in_place() -> None:
+    bad = b'{"kind": "click", "user_id": '
+    no_time = orjson.dumps({"kind": "click", "user_id": "a", "event_id": "n"})
+    records = [timed("a", "a0", START_MS), bad, timed("a", "s0", START_MS, "share")]
+    records += [no_time, timed("a", "a1", START_MS + 1)]
+    out = flushed(records, max_events=10, after_ms=60_000)
+    assert out[:2] == [bad, no_time]  # passed through at once, in order
+    assert [orjson.loads(r)["event_id"] for r in out[2:]] == ["a0", "a1", "s0"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcde"), st.sampled_from(INPUT_KINDS), st.integers(0, 5_000)),
+        max_size=80,
+    ),
+    st.integers(min_value=1, max_value=6),
+    st.integers(min_value=0, max_value=3_000),
+)
+def test_reordered_records_keep_each_users_order_and_fall_behind_by_at_most_the_window(
+    steps: list[tuple[str, str, int]], max_events: int, after_ms: int
+) -> None:
+    """Every record goes out once; one user's records of one kind keep their order; and no
+    record is more than the window behind the newest event time sent before it (so an allowed
+    lateness above the window keeps every event on time)."""
+    ts, records = START_MS, []
+    for n, (user, kind, gap) in enumerate(steps):
+        ts += gap
+        records.append(timed(user, f"e{n}", ts, kind))
+    out = flushed(records, max_events, after_ms)
+    assert sorted(out) == sorted(records)
+    for route_of in {route(r, SETTINGS) for r in records}:
+        assert [r for r in out if route(r, SETTINGS) == route_of] == [
+            r for r in records if route(r, SETTINGS) == route_of
+        ]
+    newest = None
+    for record in out:
+        event_ms = orjson.loads(record)["ts"]
+        if newest is not None:
+            assert event_ms >= newest - after_ms
+        newest = event_ms if newest is None else max(newest, event_ms)
+
+
+def test_a_flush_needs_one_event_and_a_window_of_zero_or_more() -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        flushed([], max_events=0, after_ms=1)
+    with pytest.raises(ValueError, match="max_events"):
+        flushed([], max_events=1, after_ms=-1)

@@ -100,6 +100,56 @@ class Batcher:
         return [Outgoing(topic, key, b"\n".join(records), NDJSON_HEADERS, len(records))]
 
 
+def sdk_flush_order(
+    records: Iterable[bytes],
+    settings: Settings,
+    max_events: int,
+    flush_after_ms: int,
+) -> Iterator[bytes]:
+    """`records` (in event-time order) in the order SDKs that buffer each user's events would
+    send them: a user's events of one kind go out together, in their order, once `max_events`
+    of them wait or once the event time has moved more than `flush_after_ms` past the first of
+    them; at the end, whatever still waits. `Batcher` then makes each flush one batch record.
+
+    Interleaved users send no two consecutive records of one user, so batching them as given
+    batches nothing. Reordered like this, no event goes out more than `flush_after_ms` of event
+    time behind the newest one sent before it: an allowed lateness above that keeps every event
+    on time. A record without a user or a time goes out where it is."""
+    if max_events < 1 or flush_after_ms < 0:
+        raise ValueError("max_events must be >= 1 and flush_after_ms >= 0")
+    waiting: dict[tuple[str, bytes], tuple[int, list[bytes]]] = {}  # route → (first ts, records)
+    opened: deque[tuple[int, tuple[str, bytes]]] = deque()  # (first ts, route), oldest first
+    latest: int | None = None
+    for record in records:
+        topic, key = route(record, settings)
+        ts = _event_ms(record) if key is not None else None
+        if key is None or ts is None:
+            yield record
+            continue
+        latest = ts if latest is None else max(latest, ts)
+        while opened and opened[0][0] + flush_after_ms < latest:
+            first, due = opened.popleft()
+            entry = waiting.get(due)
+            if entry is not None and entry[0] == first:  # not flushed (full) since
+                yield from waiting.pop(due)[1]
+        entry = waiting.get((topic, key))
+        if entry is None:
+            entry = waiting[topic, key] = (ts, [])
+            opened.append((ts, (topic, key)))
+        entry[1].append(record)
+        if len(entry[1]) >= max_events:
+            yield from waiting.pop((topic, key))[1]
+    for _, due in opened:
+        entry = waiting.pop(due, None)
+        if entry is not None:
+            yield from entry[1]
+
+
+def _event_ms(record: bytes) -> int | None:
+    ts = orjson.loads(record).get("ts")
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
+
+
 class Pacer:
     """Holds a stream to `rate` records/s on a schedule against a monotonic clock. It sleeps only
     when ahead by MIN_SLEEP or more, so fast rates cost one sleep per burst, not per record, and
