@@ -758,3 +758,25 @@ def test_the_worker_producer_lingers_as_configured(tmp_path: Any) -> None:
     producer = create_app(Settings(producer_linger=0.02, data_dir=tmp_path)).app.producer
     assert producer._settings_default()["linger_ms"] == 20
     assert create_app(Settings(data_dir=tmp_path)).app.producer.linger_ms == 10
+
+
+async def test_a_batch_asks_for_each_silent_topics_highwater_once(
+    live: tuple[LiveJourneys, Log],
+) -> None:
+    """Each record's watermark asks whether the silent topics have records waiting: the
+    answer holds for the batch (a highwater moves only when the consumer fetches), and the
+    next batch asks again."""
+    journeys, _ = live
+    asked: list[object] = []
+    journeys.highwater = lambda tp: asked.append(tp) or 0
+    await journeys.on_batch([message("events.click", 0, b"u1", raw(event_id="a", ts=at(0)))])
+    await asyncio.sleep(1.1)  # idle_timeout: the other sources fall silent
+    silent = len(journeys.processors[0].sources) - 1
+    assert silent >= 1
+    for n in range(2):
+        asked.clear()
+        clicks = [raw(event_id=f"b{n}{i}", ts=at(i + 1)) for i in range(5)]
+        await journeys.on_batch(
+            [message("events.click", 1 + i, b"u1", click) for i, click in enumerate(clicks)]
+        )
+        assert len(asked) == silent
