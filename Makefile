@@ -85,11 +85,13 @@ $(QUIX_STAMP): bench/requirements-quix.txt
 	touch $(QUIX_STAMP)
 
 ## bench: every contender on the same topic in one run (raw aiokafka, Quix Streams, Faust
-## no-op / take / naive Table, the LinkWatch worker, replay), then deadline latency, then
-## replay beside its floor, then one worker against a group of two (bench/scale_out.py);
+## no-op / take / naive Table, the LinkWatch worker, replay), then deadline latency, then the
+## worker on batch records (as SDKs send them: --batch 50), then replay beside its floor, then one worker against a group of two (bench/scale_out.py);
 ## tables on stdout, JSON in bench/results/. Not part of `make test`.
 bench: install $(QUIX_STAMP)
 	$(BIN)/python bench/service.py --events 200000
+	$(BIN)/python bench/service.py --events 100000 --skip-latency --worker-only --batch 50 \
+		--out bench/results/service-throughput-batch50.json
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/scale_out.py --events 200000
 

@@ -5,7 +5,8 @@
         [--trickle-seconds 20]
         [--trickle-rate half|N]
         [--dead-end-probes 20] [--worker-set NAME=VALUE ...]
-        [--lateness 10s] [--profile-worker] [--trace-worker DIR] [--keep-logs]
+        [--lateness 10s] [--profile-worker] [--gc-probe [THRESHOLDS]] [--trace-worker DIR]
+        [--keep-logs]
         [--out bench/results/service.json]
 
 Everything runs in one go on an embedded Tansu broker this script starts (and stops, on every
@@ -221,6 +222,9 @@ def clean_env() -> dict[str, str]:
 
 # Settings every worker this bench starts runs with, over the bench's own (--worker-set).
 WORKER_OVERRIDES: dict[str, str] = {}
+# --gc-probe: the throughput worker runs with bench/gc_probe on its path.
+GC_PROBE: dict[str, str] = {}
+GC_PROBE_DIR = Path(__file__).resolve().parent / "gc_probe"
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -446,7 +450,14 @@ def run_worker_throughput(
     command = [sys.executable, "-m", "linkwatch.worker"]
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "linkwatch.worker"]
-    child = Child("linkwatch worker", command, worker_env(settings), work / "worker-tp.log")
+    env = worker_env(settings)
+    gc_log = work / "worker-tp-gc.json"
+    if GC_PROBE:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(GC_PROBE_DIR), env.get("PYTHONPATH")])
+        )
+        env["LW_BENCH_GC_LOG"] = str(gc_log)
+    child = Child("linkwatch worker", command, env, work / "worker-tp.log")
     child.start()
     stack.callback(child.stop)
     url = f"http://127.0.0.1:{settings.web_port}"
@@ -475,7 +486,10 @@ def run_worker_throughput(
         if started - spawned > timeout:
             raise child.failure(f"did not consume {expected:,} records in {timeout:.0f} s")
         time.sleep(max(0.0, started + SCRAPE_INTERVAL - time.monotonic()))
+    if GC_PROBE:
+        time.sleep(1.2)  # the probe's next write: its totals to (about) the end of the run
     child.stop()
+    gc_totals = orjson.loads(gc_log.read_bytes()) if GC_PROBE and gc_log.exists() else None
     assert first is not None
     first_at, first_count, first_cpu, first_broker = first
     # CPU from the last scrape before any progress (else the first with some) to the end.
@@ -501,6 +515,7 @@ def run_worker_throughput(
         "rejected": total(samples, "linkwatch_records_rejected_total"),
         # (seconds since the first scrape with progress, records counted), every ~1 s
         "progress": progress[:: max(1, round(1 / SCRAPE_INTERVAL))] + progress[-1:],
+        "gc": gc_totals,  # --gc-probe: the worker's garbage collections, start-up included
     }
 
 
@@ -592,11 +607,20 @@ def throughput(
         worker_settings, sent, work, timeout, broker_pid, stack, profile
     )
     print_row(name, results[name])
+    collected = results[name].get("gc")
+    if collected is not None:
+        print(
+            f"  garbage collection (gc thresholds {collected['threshold']}): "
+            f"{sum(collected['seconds']):.2f} s of {collected['process_cpu_s']:.1f} CPU s; "
+            f"by generation {[round(t, 2) for t in collected['seconds']]} s in "
+            f"{collected['collections']} collections, the longest "
+            f"{[round(t * 1000) for t in collected['longest_s']]} ms"
+        )
     by_package = print_profile(profile) if profile is not None else None
 
-    name = REPLAY
-    results[name] = replay_throughput(replayed)
-    print_row(name, results[name])
+    if replayed:  # (batch records: the reordered input would need the worker's lateness)
+        results[REPLAY] = replay_throughput(replayed)
+        print_row(REPLAY, results[REPLAY])
 
     def rate(contender: str) -> float | None:
         value = results.get(contender, {}).get("events_per_s")
@@ -1312,6 +1336,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the throughput worker under cProfile and print where it spends time",
     )
     parser.add_argument(
+        "--gc-probe",
+        nargs="?",
+        const="",
+        metavar="THRESHOLDS",
+        help="time the throughput worker's garbage collections (bench/gc_probe); with "
+        "THRESHOLDS (e.g. 700,10,10, Python's) run every worker with those "
+        "(LINKWATCH_GC_THRESHOLD)",
+    )
+    parser.add_argument(
         "--trace-worker",
         type=Path,
         metavar="DIR",
@@ -1338,6 +1371,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--events, --latency-users and --trickle-rate must be positive")
     if args.lateness:
         parse_duration(args.lateness)
+    if args.gc_probe is not None:
+        GC_PROBE["log"] = "worker-tp-gc.json"
+        if args.gc_probe:
+            WORKER_OVERRIDES["gc_threshold"] = args.gc_probe
     for setting in args.worker_set:
         name, equals, value = setting.partition("=")
         if not equals or name.lower() not in Settings.model_fields:
