@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from linkwatch.settings import Settings, settings_table
+from linkwatch.worker import tune_gc
 
 
 def test_settings_come_from_linkwatch_environment_variables(
@@ -47,3 +50,20 @@ def test_the_readme_settings_table_is_generated_from_the_model() -> None:
     for name in Settings.model_fields:
         assert f"`LINKWATCH_{name.upper()}`" in settings_table()
     assert all(info.description for info in Settings.model_fields.values())
+
+
+def test_the_worker_runs_with_the_configured_gc_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings(gc_threshold="1234,5,6"))
+        assert gc.get_threshold() == (1234, 5, 6)
+        tune_gc(Settings())
+        assert gc.get_threshold() == (50_000, 20, 20)
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("value", ["700,10", "0,10,10", "a,b,c", "700,10,10,1", "-1,10,10", ""])
+def test_gc_thresholds_are_three_whole_numbers_the_first_positive(value: str) -> None:
+    with pytest.raises(ValidationError, match="three whole numbers"):
+        Settings(gc_threshold=value)
