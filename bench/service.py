@@ -222,7 +222,8 @@ def clean_env() -> dict[str, str]:
 
 # Settings every worker this bench starts runs with, over the bench's own (--worker-set).
 WORKER_OVERRIDES: dict[str, str] = {}
-# --gc-probe: the throughput worker runs with bench/gc_probe on its path.
+# --gc-probe: the throughput worker runs with bench/gc_probe on its path, which writes its
+# collections to this file ("log") in the work directory.
 GC_PROBE: dict[str, str] = {}
 GC_PROBE_DIR = Path(__file__).resolve().parent / "gc_probe"
 
@@ -451,8 +452,8 @@ def run_worker_throughput(
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "linkwatch.worker"]
     env = worker_env(settings)
-    gc_log = work / "worker-tp-gc.json"
-    if GC_PROBE:
+    gc_log = work / GC_PROBE["log"] if GC_PROBE else None
+    if gc_log is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(GC_PROBE_DIR), env.get("PYTHONPATH")])
         )
@@ -486,10 +487,10 @@ def run_worker_throughput(
         if started - spawned > timeout:
             raise child.failure(f"did not consume {expected:,} records in {timeout:.0f} s")
         time.sleep(max(0.0, started + SCRAPE_INTERVAL - time.monotonic()))
-    if GC_PROBE:
+    if gc_log is not None:
         time.sleep(1.2)  # the probe's next write: its totals to (about) the end of the run
     child.stop()
-    gc_totals = orjson.loads(gc_log.read_bytes()) if GC_PROBE and gc_log.exists() else None
+    gc_totals = orjson.loads(gc_log.read_bytes()) if gc_log and gc_log.exists() else None
     assert first is not None
     first_at, first_count, first_cpu, first_broker = first
     # CPU from the last scrape before any progress (else the first with some) to the end.

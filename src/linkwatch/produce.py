@@ -32,6 +32,11 @@ def route(record: bytes, settings: Settings) -> tuple[str, bytes | None]:
         data = orjson.loads(record)
     except orjson.JSONDecodeError:
         return settings.topic_click, None
+    return _route_of(data, settings)
+
+
+def _route_of(data: Any, settings: Settings) -> tuple[str, bytes | None]:
+    """`route` of a record already parsed."""
     topics = settings.input_topics
     if isinstance(data, dict):
         kind = data.get("kind")
@@ -121,9 +126,14 @@ def sdk_flush_order(
     opened: deque[tuple[int, tuple[str, bytes]]] = deque()  # (first ts, route), oldest first
     latest: int | None = None
     for record in records:
-        topic, key = route(record, settings)
-        ts = _event_ms(record) if key is not None else None
-        if key is None or ts is None:
+        try:
+            data = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            yield record
+            continue
+        topic, key = _route_of(data, settings)
+        ts = data.get("ts") if key is not None else None  # a key: `data` is a dict
+        if key is None or not isinstance(ts, int) or isinstance(ts, bool):
             yield record
             continue
         latest = ts if latest is None else max(latest, ts)
@@ -143,11 +153,6 @@ def sdk_flush_order(
         entry = waiting.pop(due, None)
         if entry is not None:
             yield from entry[1]
-
-
-def _event_ms(record: bytes) -> int | None:
-    ts = orjson.loads(record).get("ts")
-    return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
 
 
 class Pacer:

@@ -312,7 +312,7 @@ class LiveJourneys:
         letters: list[dict[str, Any]] = []
         ticked: set[int] = set()
         last_of: dict[int, EventT[Any]] = {}  # partition → its last record in the batch
-        backlogs: dict[int, tuple[PartitionProcessor, Backlog]] = {}  # see `_backlog_of`
+        backlogs: dict[PartitionProcessor, Backlog] = {}  # see `_backlog_of`
         for event in events:
             message = event.message
             partition = message.partition
@@ -322,19 +322,16 @@ class LiveJourneys:
                 outputs.extend(self._reconfigure(partition, processor))
                 self.progress_due.add(partition)
             if processor.behind:
-                self.unwritten.setdefault(partition, event)
-                await self._catch_up(partition, processor, outputs, letters, now)
+                await self._catch_up(partition, processor, event, outputs, letters, now)
             kind = self.kind_of_topic.get(message.topic)
             if kind is not None:
                 self._check_gap(message, partition)
             self.offsets[message.topic, partition] = message.offset
-            known = backlogs.get(partition)
-            if known is None or known[0] is not processor:
-                known = backlogs[partition] = (
-                    processor,
-                    self._backlog_of(partition, message.tp, processor, now),
+            backlog = backlogs.get(processor)
+            if backlog is None:
+                backlog = backlogs[processor] = self._backlog_of(
+                    partition, message.tp, processor, now
                 )
-            backlog = known[1]
             if kind is None:  # a tick
                 self.on_tick_read(partition)
                 outputs.extend(processor.on_tick(now, backlog))
@@ -349,8 +346,7 @@ class LiveJourneys:
         for partition, event in last_of.items():
             behind = self.processors.get(partition)
             if behind is not None and behind.behind:
-                self.unwritten.setdefault(partition, event)
-                await self._catch_up(partition, behind, outputs, letters, now)
+                await self._catch_up(partition, behind, event, outputs, letters, now)
         await self._deliver(outputs, letters, now)
         for partition in sorted(ticked):  # after the signals they cover
             ticked_processor = self.processors.get(partition)
@@ -384,6 +380,7 @@ class LiveJourneys:
         self,
         partition: int,
         processor: PartitionProcessor,
+        event: EventT[Any],
         outputs: list[Output],
         letters: list[dict[str, Any]],
         now: int,
@@ -392,7 +389,9 @@ class LiveJourneys:
         (`fire_chunk`) decides them chunk by chunk, and before each next chunk delivers
         everything gathered and writes the states changed: a million deadlines passing at
         once hold one chunk in memory, not a million states and triggers. Everything is
-        written in order as at a batch's end (outputs first), only sooner."""
+        written in order as at a batch's end (outputs first), only sooner; `event`, one of
+        the partition's records, is the context of its writes if it has none yet."""
+        self.unwritten.setdefault(partition, event)
         outputs.extend(processor.catch_up())
         while processor.behind:
             await self._deliver(outputs, letters, now)
