@@ -55,6 +55,19 @@ PARTITIONS = 4
 SAMPLE_EVERY = 2.0
 
 
+def tiers_behind(metrics: dict[str, float]) -> float | None:
+    """The entity stage's highest level's watermark lag minus the journeys' largest."""
+    journeys = [v for k, v in metrics.items() if k.startswith("linkwatch_watermark_lag_seconds{")]
+    levels = {
+        int(key.split('level="')[1].split('"')[0]): value
+        for key, value in metrics.items()
+        if key.startswith("linkwatch_entity_watermark_lag_seconds{") and value == value
+    }
+    if not journeys or not levels:
+        return None
+    return round(levels[max(levels)] - max(journeys), 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -118,7 +131,7 @@ def main() -> int:
         print(
             f"{'s':>6} {'records':>10} {'users':>10} {'decoded':>8} {'entities':>9} "
             f"{'read back':>10} "
-            f"{'triggers':>9} {'withheld':>9} {'RSS MB':>7}",
+            f"{'triggers':>9} {'withheld':>9} {'behind s':>9} {'RSS MB':>7}",
             flush=True,
         )
         while True:
@@ -148,6 +161,9 @@ def main() -> int:
                     and 'journey="cart_to_purchase"' in key
                     and 'step="checkout"' in key
                 ),
+                # How far the entity stage's last level (the tier records) is behind the
+                # journeys' most behind partition, in event-time seconds.
+                "tiers_behind_s": tiers_behind(metrics),
                 "rss_mb": proc_status_mb(worker.pid, "VmRSS"),
                 "cpu_s": process_cpu_seconds(worker.pid),
             }
@@ -158,7 +174,7 @@ def main() -> int:
                     f"{sample['decoded']:>8,.0f} {sample['entities']:>9,.0f} "
                     f"{sample['reads']:>10,.0f} "
                     f"{sample['triggers']:>9,.0f} {sample['withheld']:>9,.0f} "
-                    f"{sample['rss_mb'] or 0:>7.0f}",
+                    f"{sample['tiers_behind_s'] or 0:>9,.0f} {sample['rss_mb'] or 0:>7.0f}",
                     flush=True,
                 )
             if consumed_at is None and sample["records"] >= sent:

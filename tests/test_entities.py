@@ -4,6 +4,7 @@ reference driver however signals are batched, interleaved or partitioned."""
 from __future__ import annotations
 
 import gzip
+import tempfile
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NamedTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linkwatch.disk_wakeups import DiskWakeups
 from linkwatch.engine import Transition
 from linkwatch.entities import (
     EntityRecord,
@@ -100,8 +102,13 @@ def tally(name: str, ts: int, n: int) -> Signal:
     return signal(2, f"tally:{name}", "hit", ts, {}, str(n), str(ts))
 
 
-def stage(store: dict[str, EntityRecord] | None = None) -> EntityStage:
-    return EntityStage([TallyLogic(), TotalLogic()], store, levels=(2, 3))
+def stage(store: dict[str, EntityRecord] | None = None, on_disk: Path | None = None) -> EntityStage:
+    """With `on_disk`, each level's wake-up index is there (as with a store bounded in
+    memory), with a horizon of a minute so that most entries go through the database."""
+    wakeups = None
+    if on_disk is not None:
+        wakeups = {level: DiskWakeups(on_disk / str(level), horizon=MIN) for level in (2, 3)}
+    return EntityStage([TallyLogic(), TotalLogic()], store, levels=(2, 3), wakeups=wakeups)
 
 
 def reference(signals: list[Signal], until: int) -> list[EntityOutput]:
@@ -175,15 +182,30 @@ signal_lists = st.lists(
     steps=st.lists(st.integers(1, 2 * HOUR), min_size=1, max_size=12),
     order=st.randoms(use_true_random=False),
     partitions=st.integers(1, 3),
+    on_disk=st.booleans(),
 )
 def test_outputs_match_the_reference_however_batched_interleaved_or_partitioned(
-    signals: list[Signal], steps: list[int], order: Any, partitions: int
+    signals: list[Signal], steps: list[int], order: Any, partitions: int, on_disk: bool
 ) -> None:
     """Signals arrive in any order before the watermark passes them, the watermark moves in
     arbitrary jumps, entities are spread over partitions that only share signals and marks:
-    the outputs are those of the reference driver."""
+    the outputs are those of the reference driver. With the wake-up indexes in memory, and
+    on disk (where stale entries are not skipped by a map of due times but found stale)."""
+    with tempfile.TemporaryDirectory() as where:
+        stages = [
+            stage(on_disk=Path(where) / str(n) if on_disk else None) for n in range(partitions)
+        ]
+        outputs = drive_stages(stages, signals, steps, order)
+        for part in stages:
+            part.close()
+    assert Counter(outputs) == Counter(reference(signals, T0 + 10 * HOUR))
+
+
+def drive_stages(
+    stages: list[EntityStage], signals: list[Signal], steps: list[int], order: Any
+) -> list[EntityOutput]:
     until = T0 + 10 * HOUR
-    stages = [stage() for _ in range(partitions)]
+    partitions = len(stages)
 
     def owner(entity: str) -> EntityStage:
         return stages[sum(entity.encode()) % partitions]
@@ -205,7 +227,38 @@ def test_outputs_match_the_reference_however_batched_interleaved_or_partitioned(
                         owner(out.entity).offer(out)
                     else:
                         outputs.append(out)
-    assert Counter(outputs) == Counter(reference(signals, until))
+    return outputs
+
+
+def test_an_index_on_disk_finds_an_early_entry_stale_and_keeps_the_record_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A signal that comes before a record's next time leaves an entry there; once it is
+    applied the entry of the record's later time stays. Taken, an entry whose record has
+    nothing due yet changes nothing and is put back at the record's true next time."""
+    writes: list[str] = []
+
+    class Store(dict[str, EntityRecord]):
+        def __setitem__(self, key: str, value: EntityRecord) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    entities = stage(Store(), on_disk=tmp_path)
+    entities.offer(tally("a", T0, 0))
+    entities.offer(tally("a", T0 + 10 * MIN, 1))  # not first: no entry of its own
+    indexes = entities._indexes
+    assert indexes is not None
+    assert [at for at, _ in indexes[2].entries()] == [T0]
+    entities.run(T0)  # applies the first; the record's next time is the second's
+    assert [at for at, _ in indexes[2].entries()] == [T0 + 10 * MIN]
+    # An early entry, as a signal applied since would leave.
+    indexes[2].push(T0 + 5 * MIN, "2|tally:a")
+    before = len(writes)
+    assert entities.run(T0 + 6 * MIN) == []
+    assert len(writes) == before  # nothing due: not rewritten
+    assert [at for at, _ in indexes[2].entries()] == [T0 + 10 * MIN]  # held once
+    assert len(entities.store["2|tally:a"].pending) == 1
+    entities.close()
 
 
 # -- what stage 1 derives ---------------------------------------------------------------------

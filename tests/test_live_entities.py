@@ -7,6 +7,7 @@ order."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +24,7 @@ from linkwatch.entities import (
 from linkwatch.live_entities import (
     PACKED_MAX_BYTES,
     WAITING_PREFIX,
+    EntityRecordStore,
     LiveEntities,
     SignalOutbox,
     bounded_runs,
@@ -33,6 +35,7 @@ from linkwatch.live_entities import (
 )
 from linkwatch.signals import Signal
 from linkwatch.store import progress_key
+from tests.builders import MIN
 from tests.test_entities import HOUR, TallyLogic, TotalLogic, tally
 from tests.test_service import RecordingTable
 
@@ -66,7 +69,9 @@ def recording_send(log: Log) -> Any:
 
 def live(log: Log) -> LiveEntities:
     return LiveEntities(
-        new_stage=lambda store: EntityStage([TallyLogic(), TotalLogic()], store, levels=(2, 3)),
+        new_stage=lambda store, wakeups=None: EntityStage(
+            [TallyLogic(), TotalLogic()], store, levels=(2, 3), wakeups=wakeups
+        ),
         partitions=1,
         records=RecordingTable(log, "record"),
         progress=RecordingTable(log, "progress"),
@@ -347,3 +352,158 @@ async def test_a_record_of_signals_and_marks_applies_the_signals_before_the_mark
     forwarded = [data for what, data in log if what == "signal delivered"]
     assert [s[1] for s in forwarded] == ["total:all"]
     assert ("mark sent", {"mark": 3, "from": 0, "watermark": HOUR + 1}) in log
+
+
+# -- bounded in memory (rocksdb://) ------------------------------------------------------------
+
+
+def bounded(log: Log, where: Path, cache: int = 2, table: RecordingTable | None = None) -> Any:
+    """`live`, with records read back from the table (standing for the partition's RocksDB
+    database: one partition, so it holds only that partition's keys), at most `cache` of them
+    decoded besides those that must be, and the wake-up indexes on disk."""
+    entities = live(log)
+    if table is not None:
+        entities.records = table
+    records = entities.records
+    entities.partition_db = lambda partition: (records.get, lambda: list(records.items()))
+    entities.cache_max = cache
+    entities.wakeups_dir = where
+    return entities
+
+
+def traffic(hours: int = 6, names: str = "abcdefghij") -> list[list[Event]]:
+    """Batches of signals for ten tallies, each hour some of them quiet, then a mark that
+    closes the hour before and passes the hour's first signals: the rest wait for the next
+    batch's mark."""
+    batches: list[list[Event]] = []
+    offset = 0
+    for hour in range(hours):
+        batch: list[Event] = []
+        for n, name in enumerate(names):
+            if (n + hour) % 3 == 0:
+                continue  # quiet this hour: two quiet hours forget a tally
+            for k in range(3):
+                hit = tally(name, hour * HOUR + k * MIN, k)
+                batch.append(Event(0, offset, signal_message(hit)))
+                offset += 1
+        batch.append(Event(0, offset, mark_message(2, 0, hour * HOUR + 1)))
+        batch.append(Event(0, offset + 1, mark_message(3, 0, hour * HOUR + 1)))
+        offset += 2
+        batches.append(batch)
+    return batches
+
+
+def table_view(table: Any) -> dict[bytes, Any]:
+    """A table's records, and the signals still waiting in its packed keys (as a set under
+    b"~"): which key holds which depends on when flushes came, a key keeps those applied
+    until all of its are, and a flush packs them in a set's order."""
+    progress = orjson.loads(table[progress_key(0)])["watermarks"]
+    view: dict[bytes, Any] = {b"~": set()}
+    for key, value in table.items():
+        if not key.startswith(WAITING_PREFIX.encode()):
+            view[key] = value
+            continue
+        for entry in orjson.loads(value)[1]:
+            level, _, _, ts, *_ = entry[1]
+            if ts > progress.get(str(level), ts - 1):
+                view[b"~"].add(orjson.dumps(entry))
+    return view
+
+
+def delivered(log: Log) -> list[tuple[str, Any]]:
+    return [(what, data) for what, data in log if what in {"signal delivered", "mark sent"}]
+
+
+async def test_a_stage_bounded_in_memory_decides_as_one_holding_every_record(
+    tmp_path: Path,
+) -> None:
+    everything_log: Log = []
+    everything = live(everything_log)
+    bounded_log: Log = []
+    entities = bounded(bounded_log, tmp_path)
+    held: list[tuple[int, int]] = []
+    for batch in traffic():
+        await everything.on_batch(batch)
+        await entities.on_batch(batch)
+        store = entities.stores[0]
+        waiting = sum(1 for _, record in store.items() if record.pending)
+        held.append((store.cached, waiting))
+        assert len(store) == len(everything.stores[0])
+        assert dict(store.items()) == dict(everything.stores[0].items())
+    assert delivered(bounded_log) == delivered(everything_log)
+    assert table_view(entities.records) == table_view(everything.records)
+    assert entities.stores[0].reads > 0  # records were let go and read back
+    assert all(cached <= 2 + waiting for cached, waiting in held)
+    assert max(len(everything.stores[0]) for _ in held) > 2
+    entities.forget({0})
+    assert not list(tmp_path.iterdir())  # the indexes on disk go with the partition
+
+
+async def test_a_bounded_stage_recovers_the_waiting_signals_and_only_their_records(
+    tmp_path: Path,
+) -> None:
+    """Recovered from a table with records and signals waiting: the records with signals
+    waiting are decoded (the signals must join them), the rest stay in the table until asked
+    for, and the stage goes on as one that kept running."""
+    kept_log: Log = []
+    kept = live(kept_log)
+    batches = traffic()
+    for batch in batches[:3]:
+        await kept.on_batch(batch)
+    # Signals the next mark has not passed yet.
+    late = [
+        Event(0, 1000 + n, signal_message(tally(name, 3 * HOUR + 5, 9)))
+        for n, name in enumerate("ab")
+    ]
+    await kept.on_batch(late)
+    table = RecordingTable([], "record")
+    table.update(kept.records)
+    recovered_log: Log = []
+    recovered = bounded(recovered_log, tmp_path / "r", cache=1, table=table)
+    store = recovered.stage(0).store
+    assert isinstance(store, EntityRecordStore)
+    waiting = sum(1 for _, record in kept.stores[0].items() if record.pending)
+    assert store.cached == waiting  # only the records with signals waiting, decoded
+    assert waiting < len(store) == len(kept.stores[0])
+    assert dict(store.items()) == dict(kept.stores[0].items())
+    for batch in batches[3:]:
+        await kept.on_batch(batch)
+        await recovered.on_batch(batch)
+    assert delivered(recovered_log) == delivered(kept_log)[-len(delivered(recovered_log)) :]
+    assert dict(recovered.stores[0].items()) == dict(kept.stores[0].items())
+
+
+def written_before_delivered(log: Log) -> bool:
+    """Whether, before some write of a partition's progress (which closes a commit's
+    records), a record was written and then something delivered: a commit's records written
+    in more than one go."""
+    wrote = False
+    for what, data in log:
+        if what == "record written":
+            if data == progress_key(0):
+                wrote = False
+            elif not data.startswith(WAITING_PREFIX.encode()):
+                wrote = True
+        elif what == "signal delivered" and wrote:
+            return True
+    return False
+
+
+async def test_a_watermark_past_more_records_than_a_chunk_delivers_and_writes_them_in_chunks(
+    tmp_path: Path,
+) -> None:
+    """A mark that passes every tally's hour at once decides them three at a time: what each
+    chunk decided is delivered and its records written before the next, the partition's
+    progress only once all are; the outputs are the same."""
+    everything_log: Log = []
+    everything = live(everything_log)
+    chunked_log: Log = []
+    chunked = bounded(chunked_log, tmp_path)
+    chunked.fire_chunk = 3
+    for batch in traffic():
+        await everything.on_batch(batch)
+        await chunked.on_batch(batch)
+    assert delivered(chunked_log) == delivered(everything_log)
+    assert table_view(chunked.records) == table_view(everything.records)
+    assert written_before_delivered(chunked_log)
+    assert not written_before_delivered(everything_log)

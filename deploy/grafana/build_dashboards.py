@@ -449,6 +449,12 @@ def service_board(_: JourneySet) -> Json:
     behind = [(f"sum by (topic) (clamp_min({offsets}, 0))", "{{topic}}")]
     desc = "End offset minus committed offset (Tansu, the dev broker, under-reports end offsets)."
     b.add(series("Consumer lag (records)", desc, behind), 8)
+    levels = [("max by (level) (linkwatch_entity_watermark_lag_seconds)", "level {{level}}")]
+    desc = (
+        "Clock minus the entity stage's watermark per level (2: links, groups, shares; the "
+        "highest: lifecycle tiers). Above the partitions' lag: how late its updates come."
+    )
+    b.add(series("Entity stage lag by level", desc, levels, "s"), 8)
     fire = [(quantile(q, DELAY), f"p{round(q * 100)}") for q in (0.5, 0.99)]
     b.add(series("Deadline → trigger delay", "Drop-offs fired live.", fire, "s"), 8)
     timings = [
@@ -465,11 +471,14 @@ def service_board(_: JourneySet) -> Json:
     desc = "How long each offset commit held the agents (writing changed states); records wait."
     b.add(series("Commit pause", desc, pause, "s"), 12)
     state = [
-        ("sum(linkwatch_state_cached)", "user states decoded in memory"),
-        ('sum(linkwatch_state_keys{stage="users"})', "users held"),
+        ("sum by (stage) (linkwatch_state_cached)", "{{stage}} decoded in memory"),
+        ("sum by (stage) (linkwatch_state_keys)", "{{stage}} held"),
     ]
-    desc = "On rocksdb:// at most LINKWATCH_STATE_CACHE_MAX per partition are decoded."
-    b.add(series("User states held", desc, state), 12)
+    desc = (
+        "Users and entities held, and of them decoded in memory: on rocksdb:// at most "
+        "LINKWATCH_STATE_CACHE_MAX per partition, plus those changed since the last write."
+    )
+    b.add(series("States held", desc, state), 12)
     chunks = [(per_second("linkwatch_catch_up_chunks_total"), "chunks/s")]
     desc = (
         "A watermark that jumped past more than LINKWATCH_FIRE_CHUNK deadlines at once "

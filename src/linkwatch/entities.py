@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
@@ -36,6 +36,7 @@ from linkwatch.signals import (
     signal,
 )
 from linkwatch.triggers import Trigger
+from linkwatch.wakeups import CHUNK, Wakeups
 
 # The landing of a click failed (a dead end) from this HTTP-like status on.
 FAILED_LANDING: Final = 400
@@ -165,6 +166,7 @@ class EntityStage:
         logics: Sequence[EntityLogic],
         store: MutableMapping[str, EntityRecord] | None = None,
         levels: Sequence[int] = (ENTITY_LEVEL,),
+        wakeups: Mapping[int, Wakeups] | None = None,
     ) -> None:
         self.logics: dict[str, EntityLogic] = {}
         for logic in logics:
@@ -177,6 +179,14 @@ class EntityStage:
         # superseded entries are skipped when popped.
         self._wakeups: dict[int, list[tuple[int, str]]] = {level: [] for level in self.levels}
         self._due: dict[str, int] = {}
+        # Or, for a store bounded in memory (`live_entities.CachedRecords`), an index per level
+        # on disk and no `_due` (it would hold an entry per entity): every record then has an
+        # entry at or before its next time, and an entry taken early (stale) only puts the
+        # record's true next time back (`_advance_indexed`). Entries of one key and time are
+        # held once, so re-pushing them costs no memory.
+        self._indexes: dict[int, Wakeups] | None = None
+        if wakeups is not None:
+            self._indexes = {level: wakeups[level] for level in self.levels}
 
     def logic_of(self, entity: str) -> EntityLogic | None:
         return self.logics.get(entity.partition(":")[0])
@@ -213,6 +223,11 @@ class EntityStage:
                     return Offered.DUPLICATE
                 pending = (*pending[:at], sig, *pending[at:])
             self.store[key] = EntityRecord(record.state, pending)
+        if self._indexes is not None:
+            # The record's next time moved only if this signal is now its first waiting one.
+            if record is None or pending[0] is sig:
+                self._indexes[sig.level].push(sig.ts, key)
+            return Offered.ACCEPTED
         due = self._due.get(key)
         if due is None or sig.ts < due:
             self._schedule(sig.level, key, sig.ts)
@@ -228,15 +243,34 @@ class EntityStage:
         """Level `level`'s watermark reached `watermark`: apply its signals and wakes up to it.
         Signals in the outputs are for higher levels: the caller routes them (offline back into
         `offer`, live onto the signals topic)."""
+        return [out for chunk in self.advance_chunks(level, watermark) for out in chunk]
+
+    def advance_chunks(
+        self, level: int, watermark: int, limit: int = 0
+    ) -> Iterator[list[EntityOutput]]:
+        """`advance`, with the indexes on disk `limit` (> 0) records at a time: the outputs
+        of each chunk, so that a watermark that jumps past millions of wakes (a tier record
+        per user) need not hold all their outputs and changed records at once. The watermark
+        moves at the start: the caller finishes the chunks before it offers more."""
         current = self.watermarks[level]
         if current is not None and watermark <= current:
-            return []
+            return
         self.watermarks[level] = watermark
+        if self._indexes is None:
+            yield self._advance_heap(level, watermark)
+            return
+        while True:
+            outputs: list[EntityOutput] = []
+            taken = self._advance_indexed(self._indexes[level], watermark, outputs, limit)
+            yield outputs
+            if not limit or taken < limit:
+                return
+
+    def _advance_heap(self, level: int, watermark: int) -> list[EntityOutput]:
         outputs: list[EntityOutput] = []
         wakeups = self._wakeups[level]
         due = self._due
         store = self.store
-        logics = self.logics
         heappop, heappush = heapq.heappop, heapq.heappush
         while wakeups and wakeups[0][0] <= watermark:
             at, key = heappop(wakeups)
@@ -246,21 +280,52 @@ class EntityStage:
             record = store.get(key)
             if record is None:
                 continue
-            entity = key.partition("|")[2]
-            logic = logics.get(entity.partition(":")[0])
-            assert logic is not None  # offer() refused entities without logic
-            state, pending, wake = self._run(logic, entity, record, watermark, outputs)
-            if state is None and not pending:
-                del store[key]
-                continue
-            store[key] = EntityRecord(state, pending)
-            # `_next_time`, from the wake `_run` already asked the logic for.
-            if pending and (wake is None or pending[0].ts < wake):
-                wake = pending[0].ts
-            assert wake is not None  # a state or a pending signal: see `_next_time`
-            due[key] = wake
-            heappush(wakeups, (wake, key))
+            wake = self._decide(key, record, watermark, outputs)
+            if wake is not None:
+                due[key] = wake
+                heappush(wakeups, (wake, key))
         return outputs
+
+    def _advance_indexed(
+        self, index: Wakeups, watermark: int, outputs: list[EntityOutput], limit: int
+    ) -> int:
+        """Entries due, at most `limit` of them (0: all): how many were taken. An entry
+        taken early (stale) finds nothing due: the record stays as it was, and its true next
+        time keeps an entry (maybe the one there already: held once)."""
+        store = self.store
+        taken = 0
+        while due := index.take_due(watermark, limit - taken if limit else CHUNK):
+            taken += len(due)
+            for _, key in due:
+                record = store.get(key)
+                if record is None:
+                    continue
+                wake = self._decide(key, record, watermark, outputs)
+                if wake is not None:
+                    index.push(wake, key)
+            if limit and taken >= limit:
+                break
+        return taken
+
+    def _decide(
+        self, key: str, record: EntityRecord, watermark: int, outputs: list[EntityOutput]
+    ) -> int | None:
+        """Apply a record's signals and wakes due by `watermark` and store what is left: its
+        next time (`_next_time`, from the wake `_run` already asked the logic for), or None
+        once it is gone. A record with nothing due is not stored again."""
+        entity = key.partition("|")[2]
+        logic = self.logics.get(entity.partition(":")[0])
+        assert logic is not None  # offer() refused entities without logic
+        state, pending, wake = self._run(logic, entity, record, watermark, outputs)
+        if state is None and not pending:
+            del self.store[key]
+            return None
+        if state is not record.state or len(pending) != len(record.pending):
+            self.store[key] = EntityRecord(state, pending)
+        if pending and (wake is None or pending[0].ts < wake):
+            wake = pending[0].ts
+        assert wake is not None  # a state or a pending signal
+        return wake
 
     @staticmethod
     def _run(
@@ -309,6 +374,8 @@ class EntityStage:
         """Recompute the wake-up index from the store (after a restart or rebalance)."""
         self._wakeups = {level: [] for level in self.levels}
         self._due = {}
+        for index in (self._indexes or {}).values():
+            index.clear()
         for key, record in self.store.items():
             level_text, _, entity = key.partition("|")
             logic = self.logic_of(entity)
@@ -316,10 +383,18 @@ class EntityStage:
             if logic is None or level not in self._wakeups:
                 continue  # a logic since disabled: its entities are left to expire
             at = _next_time(logic, record.state, record.pending)
+            if self._indexes is not None:
+                self._indexes[level].push(at, key)
+                continue
             self._due[key] = at
             self._wakeups[level].append((at, key))
         for heap in self._wakeups.values():
             heapq.heapify(heap)
+
+    def close(self) -> None:
+        """Let go of the indexes on disk (a revoked partition)."""
+        for index in (self._indexes or {}).values():
+            index.close()
 
 
 def signal_order(sig: Signal) -> tuple[int, str]:

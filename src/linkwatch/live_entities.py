@@ -26,13 +26,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import orjson
 
 from linkwatch.delivery import Send, deliver_all
+from linkwatch.disk_wakeups import DiskWakeups
 from linkwatch.entities import (
     EntityRecord,
     EntityStage,
@@ -53,8 +56,12 @@ from linkwatch.store import (
     log_oversized,
     progress_key,
 )
+from linkwatch.wakeups import Wakeups
 
 log = logging.getLogger("linkwatch.entities")
+
+Reader = Callable[[bytes], "bytes | None"]  # a key's value in a partition's database
+Scanner = Callable[[], Iterable[tuple[bytes, bytes]]]  # every (key, value) in it
 
 
 def mark_message(level: int, source: int, watermark: int) -> bytes:
@@ -193,7 +200,8 @@ class SignalOutbox:
 
 @dataclass
 class LiveEntities:
-    new_stage: Callable[[MutableMapping[str, EntityRecord]], EntityStage]  # over a store
+    # (store) or, bounded in memory, (store, wake-up indexes by level) → a stage over them
+    new_stage: Callable[..., EntityStage]
     partitions: int  # of the signals topic, and of stage 1 (co-partitioned)
     records: BytesTable  # faust Table: record key → [partition, record]
     progress: Any  # faust Table (watermarks): b"entities:<q>" → marks JSON, as written before
@@ -209,7 +217,16 @@ class LiveEntities:
     # Where its signals and marks wait (shared with the journeys agent); made if not given.
     outbox: SignalOutbox = field(default=None)  # type: ignore[assignment]
     stages: dict[int, EntityStage] = field(default_factory=dict)
-    stores: dict[int, WriteBackStore[EntityRecord]] = field(default_factory=dict)
+    stores: dict[int, EntityRecordStore] = field(default_factory=dict)
+    # Bounded in memory (rocksdb://): each partition's (read, scan) of its database, at most
+    # `cache_max` records decoded besides those that must be (`CachedRecords`), and the
+    # wake-up indexes on disk under `wakeups_dir`. Without: every record decoded, in a dict.
+    partition_db: Callable[[int], tuple[Reader, Scanner]] | None = None
+    cache_max: int = 0
+    wakeups_dir: Path | None = None
+    # With them: records a watermark decides at most before the outputs so far are delivered
+    # and the partition's records written (`_on_mark`); 0: all at once.
+    fire_chunk: int = 0
     # partition → level → upstream partition → latest mark
     marks: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)
     # As the journeys agent's (see `LiveJourneys`): records wait for the next offset commit.
@@ -252,27 +269,52 @@ class LiveEntities:
                 return owner, _Retired(through[0] if through else None)
             return owner, _Stored(load_record(logic, data), through[0] if through else None)
 
-        loaded = load_partitions(self.records, {partition}, decode)[partition]
-        records, waiting = _recover(loaded, probe, watermarks)
-        store = EntityRecordStore(self.records, partition, records, _state_dumper(probe), waiting)
+        cache: CachedRecords | None = None
+        wakeups: dict[int, Wakeups] | None = None
+        if self.partition_db is None:
+            loaded = load_partitions(self.records, {partition}, decode)[partition]
+            records, waiting = _recover(loaded, probe, watermarks)
+        else:
+            read, scan = self.partition_db(partition)
+            loaded, size = _load_waiting(read, scan, decode)
+            records, waiting = _recover(loaded, probe, watermarks)
+            size += sum(1 for key in records if not isinstance(loaded.get(key), _Stored))
+
+            def decode_record(key: str, raw: bytes) -> EntityRecord | None:
+                value = decode(key, raw)[1]
+                return value.record if isinstance(value, _Stored) else None
+
+            cache = CachedRecords(records, decode_record, read, scan, self.cache_max, size)
+            where = self.wakeups_dir or Path("wakeups")
+            wakeups = {level: DiskWakeups(where / f"{partition}-{level}") for level in probe.levels}
+        store = EntityRecordStore(
+            self.records, partition, records, _state_dumper(probe), waiting, cache
+        )
         store.kind_of = lambda key: key.partition("|")[2].split(":", 1)[0]  # group, link, ...
         store.on_oversized = self.on_oversized
-        stage = self.new_stage(store)
-        stage.watermarks.update(watermarks)
+        try:
+            stage = self.new_stage(store) if wakeups is None else self.new_stage(store, wakeups)
+            stage.watermarks.update(watermarks)
+            stage.rebuild_index()
+        except BaseException:
+            for index in (wakeups or {}).values():
+                index.close()  # else its database stays locked for the next try
+            raise
         store.watermarks = stage.watermarks  # the stage moves them; the store writes them
         self.marks[partition] = {
             int(level): {int(source): mark for source, mark in sources.items()}
             for level, sources in progress.get("marks", {}).items()
         }
-        stage.rebuild_index()
         self.stages[partition] = stage
         self.stores[partition] = store
-        log.info("entity partition %d ready: %d entities", partition, len(records))
+        log.info("entity partition %d ready: %d entities", partition, len(store))
         return stage
 
     def forget(self, partitions: set[int]) -> None:
         for partition in partitions:
-            self.stages.pop(partition, None)
+            stage = self.stages.pop(partition, None)
+            if stage is not None:
+                stage.close()
             self.unwritten.pop(partition, None)
             self.stores.pop(partition, None)
             self.marks.pop(partition, None)
@@ -310,11 +352,11 @@ class LiveEntities:
                     await self._offer_all(stage, data["signals"], message)
                     for level, source, watermark in data.get("marks", ()):
                         mark = (level, source, watermark)
-                        if self._on_mark(partition, stage, mark, outputs, higher_marks):
+                        if await self._on_mark(partition, stage, mark, outputs, higher_marks):
                             self.progress_due.add(partition)
                 elif isinstance(data, dict):  # a mark alone, as versions before the outbox
                     mark = (data["mark"], data["from"], data["watermark"])
-                    if self._on_mark(partition, stage, mark, outputs, higher_marks):
+                    if await self._on_mark(partition, stage, mark, outputs, higher_marks):
                         self.progress_due.add(partition)
                 else:
                     self.on_offered(stage.offer(load_signal(data)))
@@ -374,7 +416,7 @@ class LiveEntities:
                     message.offset,
                 )
 
-    def _on_mark(
+    async def _on_mark(
         self,
         partition: int,
         stage: EntityStage,
@@ -398,11 +440,26 @@ class LiveEntities:
         current = stage.watermarks[level]
         if current is not None and target <= current:
             return True
-        outputs.extend(stage.advance(level, target))
+        for n, chunk in enumerate(stage.advance_chunks(level, target, self.fire_chunk)):
+            if n:
+                await self._write_decided(partition, outputs)
+            outputs.extend(chunk)
         higher = [lv for lv in stage.levels if lv > level]
         if higher:
             higher_marks.append((higher[0], partition, target))
         return True
+
+    async def _write_decided(self, partition: int, outputs: list[EntityOutput]) -> None:
+        """A watermark passed more records than a chunk: what the batch has decided so far is
+        delivered, and the partition's changed records written, before the next chunk. Not
+        its progress: until the whole watermark is applied its records stay unclosed
+        (`commit_table`), so a crash recovers the partition as before the mark, and the
+        records written meanwhile carry their own watermark (`_recover`)."""
+        await self._deliver(outputs)
+        outputs.clear()
+        await self.outbox.flush()
+        store = self.stores[partition]
+        write_partitions({partition: self.unwritten[partition]}, lambda _: store.flush())
 
     async def _deliver(self, outputs: list[EntityOutput]) -> None:
         signals = [out for out in outputs if isinstance(out, Signal)]
@@ -552,6 +609,155 @@ def _recover(
     return records, found
 
 
+def _load_waiting(
+    read: Reader, scan: Scanner, decode: Callable[[str, bytes], tuple[int, Any]]
+) -> tuple[dict[str, Any], int]:
+    """What `_recover` needs of a partition's database, without decoding every record into
+    memory: the waiting signals, the records they wait for, retired records and records an
+    older version wrote with their signals inside. And how many records it holds."""
+    loaded: dict[str, Any] = {}
+    wanted: set[str] = set()
+    size = 0
+    for raw_key, raw in scan():
+        if not raw or raw_key.startswith(b"\x00"):
+            continue
+        key = raw_key.decode()
+        if key.startswith(WAITING_PREFIX):
+            _, waiting = _decode_waiting(key, raw)
+            loaded[key] = waiting
+            wanted.update(entry.record for entry in waiting)
+            continue
+        data = orjson.loads(raw)[1]
+        if data is None:
+            loaded[key] = decode(key, raw)[1]  # retired
+        elif data[1]:  # signals inside: decoded, to be moved out
+            loaded[key] = decode(key, raw)[1]
+            size += isinstance(loaded[key], _Stored)
+        else:
+            size += 1
+    for key in wanted - loaded.keys():
+        value = read(key.encode())
+        if value:
+            loaded[key] = decode(key, value)[1]
+    return loaded, size
+
+
+class CachedRecords(MutableMapping[str, EntityRecord]):
+    """One partition's records, decoded in memory only while they must be, and at most
+    `capacity` more: on rocksdb:// with millions of entities (a tier record per user),
+    where a dict would hold every one.
+
+    Held (never evicted): records changed since the last flush, and records with signals
+    waiting (the signals are in packed keys, not in the record's value, so the value read
+    back would lack them) or too big to write. The rest are read back from the partition's
+    database (`read`) when needed, the least recently used beyond `capacity` let go.
+    `EntityRecordStore.flush` tells it what the table holds after each write (`written`)."""
+
+    def __init__(
+        self,
+        held: dict[str, EntityRecord],
+        decode: Callable[[str, bytes], EntityRecord | None],
+        read: Reader,
+        scan: Scanner,
+        capacity: int,
+        size: int,
+    ) -> None:
+        self._held = dict(held)
+        self._gone: set[str] = set()  # deleted, not written yet: the table still holds them
+        self._clean: OrderedDict[str, EntityRecord | None] = OrderedDict()  # None: absent
+        self._decode = decode
+        self._read = read
+        self._scan = scan
+        self.capacity = capacity
+        self._size = size
+        self.reads = 0  # values read back from the database (misses)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        held = self._held.get(key)
+        if held is not None:
+            return held
+        if key in self._gone:
+            return default
+        clean = self._clean
+        if key in clean:
+            clean.move_to_end(key)
+            found = clean[key]
+        else:
+            raw = self._read(key.encode())
+            self.reads += 1
+            found = self._decode(key, raw) if raw else None
+            clean[key] = found
+            if len(clean) > self.capacity:
+                clean.popitem(last=False)
+        return default if found is None else found
+
+    def __getitem__(self, key: str) -> EntityRecord:
+        found: EntityRecord | None = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __setitem__(self, key: str, record: EntityRecord) -> None:
+        if self.get(key) is None:
+            self._size += 1
+        self._held[key] = record
+        self._clean.pop(key, None)
+        self._gone.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        if self.get(key) is None:
+            raise KeyError(key)
+        self._size -= 1
+        self._held.pop(key, None)
+        self._clean.pop(key, None)
+        self._gone.add(key)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[str]:
+        for key, _ in self.items():
+            yield key
+
+    def items(self) -> Iterator[tuple[str, EntityRecord]]:  # type: ignore[override]
+        """Every record: a pass over the database (for rebuilding the wake-up index), the
+        held ones as they are now. It caches nothing."""
+        held, gone, clean = self._held, self._gone, self._clean
+        for raw_key, raw in self._scan():
+            if not raw or raw_key.startswith((b"\x00", WAITING_PREFIX.encode())):
+                continue
+            key = raw_key.decode()
+            if key in held or key in gone:
+                continue
+            record = clean.get(key) or self._decode(key, raw)
+            if record is not None:
+                yield key, record
+        yield from list(held.items())
+
+    @property
+    def cached(self) -> int:
+        """Records held decoded (a pass over the cache: read at scrapes, not per record)."""
+        return len(self._held) + sum(1 for record in self._clean.values() if record)
+
+    def written(self, key: str, record: EntityRecord | None, stored: bool) -> None:
+        """A flush wrote `record` (None: deleted) to the table, if `stored` (else it was too
+        big): held no longer, unless it still has signals waiting or was not stored."""
+        if record is None:
+            self._gone.discard(key)
+            self._clean[key] = None
+        elif stored and not record.pending:
+            self._held.pop(key, None)
+            self._clean[key] = record
+        else:
+            return
+        clean = self._clean
+        while len(clean) > self.capacity:
+            clean.popitem(last=False)
+
+
 class EntityRecordStore(WriteBackStore[EntityRecord]):
     """Entity records in the table. A record's key holds the logic's state, and the
     watermark of its level when written; the signals waiting for that watermark are written
@@ -572,8 +778,12 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
         records: dict[str, EntityRecord],
         dump_state: Callable[[str, Any], Any],
         recovered: Recovered | None = None,
+        cache: CachedRecords | None = None,
     ) -> None:
-        super().__init__(table, partition, records, self._encode_record)
+        """`records`: every record, or with `cache` (which holds them) those recovered with
+        signals waiting."""
+        super().__init__(table, partition, records if cache is None else cache, self._encode_record)
+        self._cache = cache
         recovered = recovered or Recovered()
         self._dump_state = dump_state
         self.watermarks: dict[int, int | None] = {}  # the stage's, by level
@@ -583,13 +793,36 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
         self._number = recovered.numbers
         # Of each record's state as last written (a hash of its bytes): an unchanged state
         # is not written again when only its waiting signals changed.
+        # Bounded with a cache (`_remember`): a record whose fingerprint was let go is written
+        # again even if unchanged, which costs a write, not a signal.
         self._written_state: dict[str, int] = {}
         for key, record in records.items():
             stored = self._stored.get(key, {})
             if any(s.signal_id not in stored for s in record.pending):
                 self._dirty.add(key)  # its waiting signals are not where this version keeps them
             else:
-                self._written_state[key] = hash(self._state_bytes(key, record))
+                self._remember(key, hash(self._state_bytes(key, record)))
+
+    def items(self) -> Iterator[tuple[str, EntityRecord]]:  # type: ignore[override]
+        return iter(self._states.items())
+
+    @property
+    def cached(self) -> int:
+        return len(self._states) if self._cache is None else self._cache.cached
+
+    @property
+    def reads(self) -> int:  # type: ignore[override]
+        return 0 if self._cache is None else self._cache.reads
+
+    def _remember(self, key: str, fingerprint: int) -> None:
+        written = self._written_state
+        if self._cache is None:
+            written[key] = fingerprint
+            return
+        written.pop(key, None)  # to the end: least recently written first out
+        written[key] = fingerprint
+        if len(written) > self._cache.capacity + len(self._dirty):
+            del written[next(iter(written))]
 
     def _encode_record(self, key: str, record: EntityRecord, partition: int) -> bytes:
         return self._state_bytes(key, record)
@@ -622,8 +855,13 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
             changed.append(key)
         self._dirty.clear()
         written += self._write_arrived(arrived)
+        cache = self._cache
         for key in changed:
-            written += self._flush_state(key, self._states.get(key))
+            record = self._states.get(key)
+            count, kept = self._flush_state(key, record)
+            written += count
+            if cache is not None:
+                cache.written(key, record, kept)
         for key in sorted(stale):  # retired records, and keys with nothing left to wait
             if key not in self._states and key.encode() in table:  # (not back since)
                 del table[key.encode()]
@@ -648,25 +886,26 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
             written += 1
         return written
 
-    def _flush_state(self, key: str, record: EntityRecord | None) -> int:
+    def _flush_state(self, key: str, record: EntityRecord | None) -> tuple[int, bool]:
+        """Keys written, and whether the table now holds the record (False: too big)."""
         encoded = key.encode()
         through = self.watermarks.get(_level_of(key))
         if record is None:
             self._written_state.pop(key, None)
             if encoded not in self._table:
-                return 0
+                return 0, True
             # Not deleted yet: until the progress written after it is durable, what it held
             # through says which of its stored signals were applied (see `_recover`).
             self._table[encoded] = orjson.dumps([self.partition, None, through])
             self._stale.add(key)
-            return 1
+            return 1, True
         value = self._state_bytes(key, record)
         fingerprint = hash(value)
         if self._written_state.get(key) == fingerprint:
-            return 0
+            return 0, True
         if len(value) > MAX_VALUE_BYTES:
             self.on_oversized(self.kind_of(key), len(value))
-            return 0
+            return 0, False
         self._table[encoded] = value[:-1] + b",%d]" % through if through is not None else value
-        self._written_state[key] = fingerprint
-        return 1
+        self._remember(key, fingerprint)
+        return 1, True

@@ -143,6 +143,15 @@ class Metrics:
             ["partition"],
             registry=registry,
         )
+        self.entity_watermark_lag = Gauge(
+            "linkwatch_entity_watermark_lag_seconds",
+            "Wall clock minus the entity stage's watermark at each level, the most behind of "
+            "the signals partitions this worker holds (NaN before one has any): how late its "
+            "link health, sharer and tier updates come; level 2 follows the journeys' "
+            "watermarks, each level above follows the one below it",
+            ["level"],
+            registry=registry,
+        )
         self.partitions = Gauge(
             "linkwatch_partitions_assigned", "Partitions this worker processes", registry=registry
         )
@@ -155,15 +164,18 @@ class Metrics:
         )
         self.state_cached = Gauge(
             "linkwatch_state_cached",
-            'User states held decoded in memory: all of linkwatch_state_keys{stage="users"}, '
-            "or on rocksdb:// at most LINKWATCH_STATE_CACHE_MAX per partition (counting "
-            "markers of users known to have none) plus those changed since the last write",
+            "States held decoded in memory, by stage (users, entities): all of "
+            "linkwatch_state_keys, or on rocksdb:// at most LINKWATCH_STATE_CACHE_MAX per "
+            "partition plus those changed since the last write (and entities with signals "
+            "waiting); users counting markers of users known to have none",
+            ["stage"],
             registry=registry,
         )
         self.state_reads = Gauge(
             "linkwatch_state_reads",
-            "Reads of RocksDB for user states not held in memory when needed (a new user's "
-            "finds none), by the partitions this worker holds now",
+            "Reads of RocksDB for states not held in memory when needed (a new key's finds "
+            "none), by stage, by the partitions this worker holds now",
+            ["stage"],
             registry=registry,
         )
         self.catch_up_chunks = Counter(

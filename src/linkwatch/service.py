@@ -37,6 +37,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -89,6 +90,7 @@ from linkwatch.store import (
     cached_user_store,
     load_partitions,
     log_oversized,
+    partition_db,
     progress_key,
 )
 from linkwatch.stream_resume import skipped_offsets
@@ -971,11 +973,17 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         entities.live.on_published = ui.on_entity_outputs
     # Read at scrape time (in the event loop, like every state change).
     metrics.state_keys.labels("users").set_function(lambda: _held(live.stores))
-    metrics.state_cached.set_function(lambda: _cached(live.stores))
-    metrics.state_reads.set_function(lambda: sum(s.reads for s in live.stores.values()))
+    metrics.state_cached.labels("users").set_function(lambda: _cached(live.stores))
+    metrics.state_reads.labels("users").set_function(lambda: _reads(live.stores))
     if entities is not None:
         entity_stores = entities.live.stores
         metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
+        metrics.state_cached.labels("entities").set_function(lambda: _cached(entity_stores))
+        metrics.state_reads.labels("entities").set_function(lambda: _reads(entity_stores))
+        for level in entities.levels:
+            metrics.entity_watermark_lag.labels(str(level)).set_function(
+                functools.partial(_entity_lag, entities.live.stages, level)
+            )
 
     writers: list[Writer] = [live] if entities is None else [live, entities.live]
 
@@ -1071,6 +1079,7 @@ def _static_page(name: str) -> Callable[[Any, Any], Awaitable[Any]]:
 class _EntityWiring:
     live: LiveEntities
     signals_topic: Any
+    levels: list[int]
 
 
 def _entity_stage(
@@ -1095,8 +1104,8 @@ def _entity_stage(
         metrics,
     )
 
-    def new_stage(store: Any) -> EntityStage:
-        return EntityStage(logics, store, levels)
+    def new_stage(store: Any, wakeups: Any = None) -> EntityStage:
+        return EntityStage(logics, store, levels, wakeups)
 
     def offered(verdict: Offered) -> None:
         if verdict is not Offered.ACCEPTED:
@@ -1114,6 +1123,12 @@ def _entity_stage(
         partition_of=signal_partitioner(settings.partitions),
         on_offered=offered,
     )
+    if settings.state_cache_max and settings.on_rocksdb:
+        # As the users' stores (`LiveJourneys._stores_of`): a tier record per user adds up.
+        live.partition_db = functools.partial(partition_db, records)
+        live.cache_max = settings.state_cache_max
+        live.wakeups_dir = settings.data_dir / "wakeups" / f"{settings.app_id}-entities"
+        live.fire_chunk = settings.fire_chunk
 
     live.on_oversized = oversized_counter(metrics)
     live.flush_producer = flush_sent(app.producer)
@@ -1125,7 +1140,7 @@ def _entity_stage(
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
 
-    return _EntityWiring(live, signals)
+    return _EntityWiring(live, signals, levels)
 
 
 def _tick_sent(pacer: TickPacer, partition: int, sent: asyncio.Future[Any]) -> None:
@@ -1137,8 +1152,18 @@ def _held(stores: dict[int, Any]) -> int:
     return sum(len(store) for store in stores.values())
 
 
-def _cached(stores: dict[int, UserStore]) -> int:
+def _cached(stores: dict[int, Any]) -> int:
     return sum(store.cached for store in stores.values())
+
+
+def _entity_lag(stages: dict[int, EntityStage], level: int) -> float:
+    marks = [stage.watermarks.get(level) for stage in stages.values()]
+    known = [mark for mark in marks if mark is not None]
+    return time.time() - min(known) / 1000 if known else math.nan
+
+
+def _reads(stores: dict[int, Any]) -> int:
+    return sum(store.reads for store in stores.values())
 
 
 def _bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:

@@ -91,14 +91,17 @@ class Settings(BaseSettings):
         default=50_000,
         ge=0,
         description="rocksdb:// only: user states held decoded in memory per partition, the "
-        "least recently used beyond it read back from RocksDB when needed; 0: all of them",
+        "least recently used beyond it read back from RocksDB when needed, and as many entity "
+        "records per signals partition (besides those with signals waiting); 0: all of them",
     )
     fire_chunk: int = Field(
         default=10_000,
         ge=0,
         description="Deadlines and expiries a partition decides at most before delivering "
         "their triggers and writing their states, when its watermark jumps past many at once "
-        "(a drained backlog): bounds the memory that takes; 0: all at once",
+        "(a drained backlog): bounds the memory that takes (on rocksdb:// with "
+        "LINKWATCH_STATE_CACHE_MAX, also the entity records a level's watermark wakes); 0: "
+        "all at once",
     )
     journeys_file: Path | None = Field(
         default=None, description="Journeys TOML; unset: the built-in journeys"

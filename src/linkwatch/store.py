@@ -45,7 +45,11 @@ class WriteBackStore(MutableMapping[str, V], Generic[V]):
     """All values of one partition, decoded; changes are written to the table on `flush`."""
 
     def __init__(
-        self, table: BytesTable, partition: int, states: dict[str, V], encode: Encoder[V]
+        self,
+        table: BytesTable,
+        partition: int,
+        states: MutableMapping[str, V],
+        encode: Encoder[V],
     ) -> None:
         self._table = table
         self.partition = partition
@@ -374,6 +378,21 @@ def cached_user_store(table: Any, partition: int, capacity: int) -> CachedStore[
     context): a table read picks the database of Faust's current event, and a batch of
     records spans partitions. (faust-streaming is pinned; the live RocksDB test reads
     through it.)"""
+    read, scan = partition_db(table, partition)
+
+    def size() -> int:
+        return sum(1 for key, value in scan() if value and not key.startswith(b"\x00"))
+
+    return cached_user_states(
+        table, partition, read=read, scan=scan, capacity=capacity, size=size()
+    )
+
+
+def partition_db(
+    table: Any, partition: int
+) -> tuple[Callable[[bytes], bytes | None], Callable[[], Iterator[tuple[bytes, bytes]]]]:
+    """(read, scan) of one partition's RocksDB database of a Faust table on rocksdb://: a
+    key's value, and every (key, value) but Faust's own offset key (see `cached_user_store`)."""
     faust_store = table.data
     db = faust_store._db_for_partition(partition)
     offset_key = faust_store.offset_key  # where Faust keeps the changelog offset applied
@@ -383,12 +402,7 @@ def cached_user_store(table: Any, partition: int, capacity: int) -> CachedStore[
             if key != offset_key:
                 yield key, value
 
-    def size() -> int:
-        return sum(1 for key, value in scan() if value and not key.startswith(b"\x00"))
-
-    return cached_user_states(
-        table, partition, read=db.get, scan=scan, capacity=capacity, size=size()
-    )
+    return db.get, scan
 
 
 def cached_user_states(

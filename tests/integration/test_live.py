@@ -219,39 +219,68 @@ def test_the_rocksdb_store_gives_the_same_triggers(
         | {"store": "rocksdb://", "state_cache_max": cache_max, "fire_chunk": 3 if cache_max else 0}
     )
     lines = list(generate(users=800, seed=23, start_ms=START, bad_ratio=0.01))
-    expected_ids = {t.trigger_id for t in oracle(lines)[0] if isinstance(t, Trigger)}
+    expected, _, records = oracle(lines)
+    expected_ids = {t.trigger_id for t in expected if isinstance(t, Trigger)}
     run(prepare(settings))
     with WorkerProcess(settings, tmp_path) as worker:
         run(produce(settings, lines))
 
-        # (users held, of them decoded in memory) at each look while the worker works
+        # (users held, of them decoded in memory) at each look while the worker works;
+        # the same of the entities (a tier record per user, links, shares, ...)
         held: list[tuple[float, float]] = []
+        entities: list[tuple[float, float]] = []
+
+        def look() -> dict[str, float]:
+            metrics = worker.metrics()
+            for seen, stage in ((held, "users"), (entities, "entities")):
+                keys = sum_metric(metrics, "linkwatch_state_keys", stage=stage)
+                seen.append((keys, sum_metric(metrics, "linkwatch_state_cached", stage=stage)))
+            return metrics
 
         def all_fired() -> bool:
-            metrics = worker.metrics()
-            users = sum_metric(metrics, "linkwatch_state_keys", stage="users")
-            held.append((users, sum_metric(metrics, "linkwatch_state_cached")))
-            return sum_metric(metrics, "linkwatch_triggers_total") >= len(expected_ids)
+            return sum_metric(look(), "linkwatch_triggers_total") >= len(expected_ids)
 
         assert wait_for(all_fired, timeout=180, interval=0.2), worker.tail_log()
-        reads = sum_metric(worker.metrics(), "linkwatch_state_reads")
-        chunks = sum_metric(worker.metrics(), "linkwatch_catch_up_chunks_total")
+
+        def all_recorded() -> bool:
+            look()
+            published = run(read_topic(settings, settings.topic_profiles))
+            return len(published) >= sum(records["profiles"].values())
+
+        assert wait_for(all_recorded, timeout=240, interval=0.5), worker.tail_log()
+        time.sleep(1)  # anything extra would show up now
+        metrics = worker.metrics()
+        reads = sum_metric(metrics, "linkwatch_state_reads", stage="users")
+        entity_reads = sum_metric(metrics, "linkwatch_state_reads", stage="entities")
+        chunks = sum_metric(metrics, "linkwatch_catch_up_chunks_total")
+        health = run(read_topic(settings, settings.topic_health))
+        profiles = run(read_topic(settings, settings.topic_profiles))
         assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
     assert list(settings.data_dir.rglob("CURRENT"))  # RocksDB databases were really used
     most = max(users for users, _ in held)
+    most_entities = max(keys for keys, _ in entities)
     print(
         f"users held at most {most:.0f}; (held, decoded): {held}; read back {reads:.0f}; "
-        f"chunks of deadlines after a first {chunks:.0f}"
+        f"chunks of deadlines after a first {chunks:.0f}; entities held at most "
+        f"{most_entities:.0f}, read back {entity_reads:.0f}"
     )
     if cache_max:
         assert most > 400  # many more users than the caches hold...
         assert min(decoded for users, decoded in held if users == most) < most
         assert reads > 0  # ... so some were read back from RocksDB
         assert chunks > 0  # and more than 3 deadlines passed at once
+        # The same of the entity stage's records.
+        assert most_entities > 400
+        assert min(decoded for keys, decoded in entities if keys == most_entities) < most_entities
+        assert entity_reads > 0
     else:
         assert all(decoded == users for users, decoded in held)
-        assert reads == 0
+        assert all(decoded == keys for keys, decoded in entities)
+        assert reads == entity_reads == 0
         assert chunks == 0
+    # The entity stage decides as replay does, its records in memory or read back.
+    assert Counter(canonical(orjson.loads(v)) for _, v in health) == records["health"]
+    assert Counter(canonical(orjson.loads(v)) for _, v in profiles) == records["profiles"]
     ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
     assert set(ids) == expected_ids
     assert len(ids) == len(expected_ids)
