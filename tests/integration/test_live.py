@@ -244,8 +244,13 @@ def test_the_rocksdb_store_gives_the_same_triggers(
 
         def all_recorded() -> bool:
             look()
-            published = run(read_topic(settings, settings.topic_profiles))
-            return len(published) >= sum(records["profiles"].values())
+            return all(
+                len(run(read_topic(settings, topic))) >= sum(records[name].values())
+                for name, topic in (
+                    ("health", settings.topic_health),
+                    ("profiles", settings.topic_profiles),
+                )
+            )
 
         assert wait_for(all_recorded, timeout=240, interval=0.5), worker.tail_log()
         time.sleep(1)  # anything extra would show up now
