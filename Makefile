@@ -86,7 +86,8 @@ $(QUIX_STAMP): bench/requirements-quix.txt
 
 ## bench: every contender on the same topic in one run (raw aiokafka, Quix Streams, Faust
 ## no-op / take / naive Table, the LinkWatch worker, replay), then deadline latency, then the
-## worker on batch records (as SDKs send them: --batch 50), then replay beside its floor, then one worker against a group of two (bench/scale_out.py);
+## worker on batch records (as SDKs send them: --batch 50), then replay beside its floor,
+## then one worker against a group of two (bench/scale_out.py);
 ## tables on stdout, JSON in bench/results/. Not part of `make test`.
 bench: install $(QUIX_STAMP)
 	$(BIN)/python bench/service.py --events 200000

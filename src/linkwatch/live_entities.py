@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +47,11 @@ from linkwatch.entities import (
 from linkwatch.event_context import end_batch, write_partitions
 from linkwatch.signals import EntityOutput, Measure, Published, Signal
 from linkwatch.store import (
+    ABSENT,
     CLOSES_COMMIT,
     MAX_VALUE_BYTES,
     BytesTable,
+    ReadBack,
     WriteBackStore,
     load_partitions,
     log_oversized,
@@ -285,7 +286,9 @@ class LiveEntities:
                 return value.record if isinstance(value, _Stored) else None
 
             cache = CachedRecords(records, decode_record, read, scan, self.cache_max, size)
-            where = self.wakeups_dir or Path("wakeups")
+            if self.wakeups_dir is None:
+                raise ValueError("a store bounded in memory needs wakeups_dir for its indexes")
+            where = self.wakeups_dir
             wakeups = {level: DiskWakeups(where / f"{partition}-{level}") for level in probe.levels}
         store = EntityRecordStore(
             self.records, partition, records, _state_dumper(probe), waiting, cache
@@ -650,8 +653,9 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
     Held (never evicted): records changed since the last flush, and records with signals
     waiting (the signals are in packed keys, not in the record's value, so the value read
     back would lack them) or too big to write. The rest are read back from the partition's
-    database (`read`) when needed, the least recently used beyond `capacity` let go.
-    `EntityRecordStore.flush` tells it what the table holds after each write (`written`)."""
+    database (`store.ReadBack`) when needed, the least recently used beyond `capacity` let
+    go. `EntityRecordStore.flush` tells it what the table holds after each write
+    (`written`)."""
 
     def __init__(
         self,
@@ -664,13 +668,19 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
     ) -> None:
         self._held = dict(held)
         self._gone: set[str] = set()  # deleted, not written yet: the table still holds them
-        self._clean: OrderedDict[str, EntityRecord | None] = OrderedDict()  # None: absent
-        self._decode = decode
-        self._read = read
+
+        def decode_or_absent(key: str, raw: bytes) -> Any:
+            record = decode(key, raw)
+            return ABSENT if record is None else record
+
+        self._clean = ReadBack(read, decode_or_absent, capacity)
         self._scan = scan
-        self.capacity = capacity
         self._size = size
-        self.reads = 0  # values read back from the database (misses)
+
+    @property
+    def reads(self) -> int:
+        """Values read back from the database (misses)."""
+        return self._clean.reads
 
     def get(self, key: str, default: Any = None) -> Any:
         held = self._held.get(key)
@@ -678,18 +688,8 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
             return held
         if key in self._gone:
             return default
-        clean = self._clean
-        if key in clean:
-            clean.move_to_end(key)
-            found = clean[key]
-        else:
-            raw = self._read(key.encode())
-            self.reads += 1
-            found = self._decode(key, raw) if raw else None
-            clean[key] = found
-            if len(clean) > self.capacity:
-                clean.popitem(last=False)
-        return default if found is None else found
+        found = self._clean.get(key)
+        return default if found is ABSENT else found
 
     def __getitem__(self, key: str) -> EntityRecord:
         found: EntityRecord | None = self.get(key)
@@ -704,7 +704,7 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
         if self.get(key) is None:
             self._size += 1
         self._held[key] = record
-        self._clean.pop(key, None)
+        self._clean.values.pop(key, None)
         self._gone.discard(key)
 
     def __delitem__(self, key: str) -> None:
@@ -712,7 +712,7 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
             raise KeyError(key)
         self._size -= 1
         self._held.pop(key, None)
-        self._clean.pop(key, None)
+        self._clean.values.pop(key, None)
         self._gone.add(key)
 
     def __len__(self) -> int:
@@ -725,37 +725,40 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
     def items(self) -> Iterator[tuple[str, EntityRecord]]:  # type: ignore[override]
         """Every record: a pass over the database (for rebuilding the wake-up index), the
         held ones as they are now. It caches nothing."""
-        held, gone, clean = self._held, self._gone, self._clean
+        held, gone = self._held, self._gone
         for raw_key, raw in self._scan():
             if not raw or raw_key.startswith((b"\x00", WAITING_PREFIX.encode())):
                 continue
             key = raw_key.decode()
             if key in held or key in gone:
                 continue
-            record = clean.get(key) or self._decode(key, raw)
-            if record is not None:
+            record = self._clean.decoded(key, raw)
+            if record is not ABSENT:
                 yield key, record
         yield from list(held.items())
 
     @property
     def cached(self) -> int:
         """Records held decoded (a pass over the cache: read at scrapes, not per record)."""
-        return len(self._held) + sum(1 for record in self._clean.values() if record)
+        clean = self._clean.values.values()
+        return len(self._held) + sum(1 for record in clean if record is not ABSENT)
+
+    @property
+    def capacity(self) -> int:
+        return self._clean.capacity
 
     def written(self, key: str, record: EntityRecord | None, stored: bool) -> None:
         """A flush wrote `record` (None: deleted) to the table, if `stored` (else it was too
         big): held no longer, unless it still has signals waiting or was not stored."""
         if record is None:
             self._gone.discard(key)
-            self._clean[key] = None
+            self._clean.values[key] = ABSENT
         elif stored and not record.pending:
             self._held.pop(key, None)
-            self._clean[key] = record
+            self._clean.values[key] = record
         else:
             return
-        clean = self._clean
-        while len(clean) > self.capacity:
-            clean.popitem(last=False)
+        self._clean.trim()
 
 
 class EntityRecordStore(WriteBackStore[EntityRecord]):

@@ -202,7 +202,49 @@ def load_partitions(
 
 
 # What the cache remembers of a key the table does not hold, so that a miss costs one read.
-_ABSENT: Final = object()
+ABSENT: Final = object()
+
+
+class ReadBack:
+    """Values of a partition's keys as its RocksDB database holds them, decoded, the least
+    recently used let go beyond `capacity` (the clean part of `CachedStore` and of
+    `live_entities.CachedRecords`). A miss reads the database once; a key it does not hold
+    (or whose value `decode` turns into ABSENT) is remembered as ABSENT."""
+
+    def __init__(
+        self,
+        read: Callable[[bytes], bytes | None],
+        decode: Callable[[str, bytes], Any],
+        capacity: int,
+    ) -> None:
+        self._read = read
+        self._decode = decode
+        self.capacity = capacity
+        self.values: OrderedDict[str, Any] = OrderedDict()
+        self.reads = 0  # values read back from the database (misses)
+
+    def get(self, key: str) -> Any:
+        """The value, or ABSENT."""
+        values = self.values
+        if key in values:
+            values.move_to_end(key)
+            return values[key]
+        raw = self._read(key.encode())
+        self.reads += 1
+        found = values[key] = ABSENT if not raw else self._decode(key, raw)
+        self.trim()
+        return found
+
+    def decoded(self, key: str, raw: bytes) -> Any:
+        """`raw`'s value (a pass over the database), from the cache if it holds one: nothing
+        is cached."""
+        value = self.values.get(key, ABSENT)
+        return self._decode(key, raw) if value is ABSENT else value
+
+    def trim(self) -> None:
+        values = self.values
+        while len(values) > self.capacity:
+            values.popitem(last=False)
 
 
 class CachedStore(MutableMapping[str, V], Generic[V]):
@@ -231,12 +273,9 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
         self._table = table
         self.partition = partition
         self._encode = encode
-        self._decode = decode
-        self._read = read
         self._scan = scan
-        self.capacity = capacity
         self._size = size
-        self._clean: OrderedDict[str, Any] = OrderedDict()  # value, or _ABSENT
+        self._clean = ReadBack(read, lambda _, raw: decode(raw), capacity)
         self._changed: dict[str, V | None] = {}  # None: deleted
         # Taken (`take`) but not written yet: newer than the table.
         self._writing: dict[str, V | None] = {}
@@ -244,53 +283,48 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
         self._unwritable: dict[str, V] = {}
         self.on_oversized: Callable[[str, int], None] = log_oversized
         self.kind_of: Callable[[str], str] = lambda key: "user"
-        self.reads = 0  # values read back from the table (misses)
+
+    @property
+    def reads(self) -> int:
+        """Values read back from the table (misses)."""
+        return self._clean.reads
 
     def _lookup(self, key: str) -> Any:
-        """The value, or _ABSENT."""
+        """The value, or ABSENT."""
         for newer in (self._changed, self._writing):
             if key in newer:
                 value = newer[key]
-                return _ABSENT if value is None else value
-        clean = self._clean
-        if key in clean:
-            clean.move_to_end(key)
-            return clean[key]
+                return ABSENT if value is None else value
+        # (Never both unwritable and clean: a write puts a key in one of the two.)
         if key in self._unwritable:
             return self._unwritable[key]
-        raw = self._read(key.encode())
-        self.reads += 1
-        found: Any = _ABSENT if not raw else self._decode(raw)
-        clean[key] = found
-        if len(clean) > self.capacity:
-            clean.popitem(last=False)
-        return found
+        return self._clean.get(key)
 
     def __getitem__(self, key: str) -> V:
         value = self._lookup(key)
-        if value is _ABSENT:
+        if value is ABSENT:
             raise KeyError(key)
         return cast(V, value)
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._lookup(key)
-        return default if value is _ABSENT else value
+        return default if value is ABSENT else value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._lookup(key) is not _ABSENT
+        return isinstance(key, str) and self._lookup(key) is not ABSENT
 
     def __setitem__(self, key: str, value: V) -> None:
-        if self._lookup(key) is _ABSENT:
+        if self._lookup(key) is ABSENT:
             self._size += 1
-        self._clean.pop(key, None)
+        self._clean.values.pop(key, None)
         self._unwritable.pop(key, None)
         self._changed[key] = value
 
     def __delitem__(self, key: str) -> None:
-        if self._lookup(key) is _ABSENT:
+        if self._lookup(key) is ABSENT:
             raise KeyError(key)
         self._size -= 1
-        self._clean.pop(key, None)
+        self._clean.values.pop(key, None)
         self._unwritable.pop(key, None)
         self._changed[key] = None
 
@@ -314,8 +348,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
             key = raw_key.decode()
             if key in newer:
                 continue  # below
-            value = self._clean.get(key, _ABSENT)
-            yield key, self._decode(raw) if value is _ABSENT else value
+            yield key, self._clean.decoded(key, raw)
         for key, value in newer.items():
             if value is not None:
                 yield key, value
@@ -331,7 +364,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     @property
     def cached(self) -> int:
         """Values held decoded (written or not)."""
-        return len(self._clean) + self.dirty + len(self._unwritable)
+        return len(self._clean.values) + self.dirty + len(self._unwritable)
 
     def flush(self) -> int:
         """Write changed keys to the table (in the partition's event context), then let them
@@ -349,7 +382,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     def write(self, changes: Changes[V]) -> int:
         """As `WriteBackStore.write`; the values written may then be evicted."""
         written = 0
-        clean, writing, changed = self._clean, self._writing, self._changed
+        clean, writing, changed = self._clean.values, self._writing, self._changed
         for key, value in changes:
             raw = None if value is None else self._encode(key, value, self.partition)
             stored = write_key(self._table, key, raw, self)
@@ -360,11 +393,10 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
             if key in changed:
                 continue  # changed since: newer
             if stored:
-                clean[key] = _ABSENT if value is None else value
+                clean[key] = ABSENT if value is None else value
             else:
                 self._unwritable[key] = cast(V, value)
-        while len(clean) > self.capacity:
-            clean.popitem(last=False)
+        self._clean.trim()
         return written
 
 
