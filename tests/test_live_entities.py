@@ -507,3 +507,61 @@ async def test_a_watermark_past_more_records_than_a_chunk_delivers_and_writes_th
     assert table_view(chunked.records) == table_view(everything.records)
     assert written_before_delivered(chunked_log)
     assert not written_before_delivered(everything_log)
+
+
+# -- stage 1 waiting for room ------------------------------------------------------------------
+
+
+def marks_sent(log: Log) -> list[Any]:
+    return [data for what, data in log if what == "mark sent"]
+
+
+async def test_room_is_needed_past_the_bound_only_while_marks_are_on_their_way(
+    tmp_path: Path,
+) -> None:
+    entities = bounded([], tmp_path)
+    batches = traffic()
+    await entities.on_batch(batches[0])
+    held = entities.held
+    assert held == sum(1 for _, record in entities.stores[0].items() if record.pending) > 0
+    entities.outbox.add_mark(2, 0, HOUR + 1)  # stage 1's, in batch 1 (after its signals)
+    entities.held_max = held
+    assert not entities.room_needed()  # within the bound
+    entities.held_max = 0
+    assert not entities.room_needed()  # no bound
+    entities.held_max = held - 1
+    assert entities.room_needed()
+    store = entities.stores[0]
+    waiting = {sig.signal_id for _, record in store.items() for sig in record.pending}
+    await entities.on_batch(batches[1])  # the mark has come: it let those signals go
+    still = {sig.signal_id for _, record in store.items() for sig in record.pending}
+    assert waiting
+    assert not waiting & still
+    # Every mark sent here has arrived: only stage 1's next one lets a record go.
+    assert entities.held > entities.held_max
+    assert not entities.room_needed()
+
+
+async def test_a_mark_of_a_level_past_this_stages_is_not_waited_for(tmp_path: Path) -> None:
+    entities = bounded([], tmp_path)
+    await entities.on_batch(traffic()[0])
+    entities.held_max = 1
+    entities.outbox.add_mark(7, 0, HOUR)  # the stage has levels 2 and 3: it ignores this
+    assert not entities.room_needed()
+
+
+async def test_the_marks_held_for_the_next_level_can_be_sent_at_once(tmp_path: Path) -> None:
+    """Held for the next write otherwise: each level's hop would wait for one."""
+    log: Log = []
+    entities = bounded(log, tmp_path)
+    entities.write_on_commit = True
+    batch = traffic()[0]
+    assert orjson.loads(batch[-1].message.value)["mark"] == 3
+    await entities.on_batch(batch[:-1])  # level 2's mark earns level 3's here instead
+    assert not marks_sent(log)  # it waits in the outbox
+    entities.held_max = entities.held - 1
+    assert entities.room_needed()
+    await entities.send_marks()
+    assert marks_sent(log) == [{"mark": 3, "from": 0, "watermark": 1}]
+    assert not any(entities.outbox.marks.values())
+    assert entities.room_needed()  # sent, not arrived

@@ -473,10 +473,12 @@ def service_board(_: JourneySet) -> Json:
     state = [
         ("sum by (stage) (linkwatch_state_cached)", "{{stage}} decoded in memory"),
         ("sum by (stage) (linkwatch_state_keys)", "{{stage}} held"),
+        ("sum(linkwatch_entity_records_held)", "entities that cannot be let go"),
     ]
     desc = (
         "Users and entities held, and of them decoded in memory: on rocksdb:// at most "
-        "LINKWATCH_STATE_CACHE_MAX per partition, plus those changed since the last write."
+        "LINKWATCH_STATE_CACHE_MAX per partition, plus those changed since the last write "
+        "(and entities with signals waiting: bounded by LINKWATCH_ENTITY_HELD_MAX)."
     )
     b.add(series("States held", desc, state), 12)
     chunks = [(per_second("linkwatch_catch_up_chunks_total"), "chunks/s")]
@@ -485,6 +487,13 @@ def service_board(_: JourneySet) -> Json:
         "(a drained backlog) being worked off, chunk by chunk."
     )
     b.add(series("Deadlines caught up in chunks", desc, chunks, "ops"), 12)
+    paused = [(per_second("linkwatch_inputs_paused_seconds_total"), "share of the time")]
+    desc = (
+        "How much of the time the input topics were paused for the entity stage to let "
+        "records go (more than LINKWATCH_ENTITY_HELD_MAX held: a backlog drains faster than "
+        "the entity stage's levels follow)."
+    )
+    b.add(series("Inputs paused for the entity stage", desc, paused, "percentunit"), 12)
 
     b.row("Rebalances and reloads")
     # Faust's rebalance timing histogram counts each completed rebalance; its

@@ -169,6 +169,7 @@ class SignalOutbox:
     partition_of: PartitionOf  # where an entity's signals go
     signals: dict[int, list[bytes]] = field(default_factory=dict)
     marks: dict[int, Marks] = field(default_factory=dict)
+    marked: Marks = field(default_factory=dict)  # every mark added, sent or not: the newest
     held_bytes: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # flushes go out in order
 
@@ -180,6 +181,8 @@ class SignalOutbox:
         for partition in range(self.partitions):
             held = self.marks.setdefault(partition, {})
             held[level, source] = max(watermark, held.get((level, source), watermark))
+        newest = self.marked.get((level, source), watermark)
+        self.marked[level, source] = max(watermark, newest)
 
     @property
     def full(self) -> bool:
@@ -228,6 +231,9 @@ class LiveEntities:
     # With them: records a watermark decides at most before the outputs so far are delivered
     # and the partition's records written (`_on_mark`); 0: all at once.
     fire_chunk: int = 0
+    # Bounded in memory: past this many records held that cannot be let go (`held`), stage 1
+    # takes in no more records while marks are on their way here (`room_needed`); 0: none.
+    held_max: int = 0
     # partition → level → upstream partition → latest mark
     marks: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)
     # As the journeys agent's (see `LiveJourneys`): records wait for the next offset commit.
@@ -321,6 +327,38 @@ class LiveEntities:
             self.unwritten.pop(partition, None)
             self.stores.pop(partition, None)
             self.marks.pop(partition, None)
+
+    @property
+    def held(self) -> int:
+        """Records this worker's partitions hold that cannot be let go (`room_needed`)."""
+        return sum(store.held for store in self.stores.values())
+
+    def _marks_on_the_way(self) -> bool:
+        """Whether a mark this worker sent (stage 1's, or a level's here) has yet to reach
+        one of its partitions: what lets waiting signals go without more from stage 1."""
+        for partition in self.stages:
+            received = self.marks.get(partition, {})
+            levels = self.stages[partition].watermarks  # (it takes no other level's marks)
+            for (level, source), watermark in self.outbox.marked.items():
+                if level in levels and received.get(level, {}).get(source, -1) < watermark:
+                    return True
+        return False
+
+    def room_needed(self) -> bool:
+        """Whether stage 1 should stop taking in records (`backpressure.InputGate`): more
+        records are held than `held_max`, and marks are on their way here that let some go.
+        Under a backlog, stage 1 otherwise runs ever further ahead of the highest level (a hop
+        per level, each behind the signals queued on the topic), and every record with a
+        signal between them waits in memory. Without marks on their way only stage 1's next
+        one lets a record go: then it must go on."""
+        return bool(self.held_max) and self.held > self.held_max and self._marks_on_the_way()
+
+    async def send_marks(self) -> None:
+        """Send the marks the outbox holds now, not at the next write: each level's hop would
+        wait for one. (Safe: what they cover is sent first, and outputs may always go before
+        the states that produced them are written.)"""
+        if any(self.outbox.marks.values()):
+            await self.outbox.flush()
 
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Handle Faust events of signals and marks in order; deliver every output of the
@@ -747,6 +785,11 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
     def capacity(self) -> int:
         return self._clean.capacity
 
+    @property
+    def held(self) -> int:
+        """Records that cannot be let go: changed, with signals waiting, or too big."""
+        return len(self._held)
+
     def written(self, key: str, record: EntityRecord | None, stored: bool) -> None:
         """A flush wrote `record` (None: deleted) to the table, if `stored` (else it was too
         big): held no longer, unless it still has signals waiting or was not stored."""
@@ -816,6 +859,11 @@ class EntityRecordStore(WriteBackStore[EntityRecord]):
     @property
     def reads(self) -> int:  # type: ignore[override]
         return 0 if self._cache is None else self._cache.reads
+
+    @property
+    def held(self) -> int:
+        """Records held in memory that cannot be let go (all of them without a cache)."""
+        return len(self._states) if self._cache is None else self._cache.held
 
     def _remember(self, key: str, fingerprint: int) -> None:
         written = self._written_state

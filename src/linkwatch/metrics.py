@@ -178,6 +178,19 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.entity_held = Gauge(
+            "linkwatch_entity_records_held",
+            "Entity records this worker holds in memory that cannot be let go (changed since "
+            "the last write, or with signals waiting for a level's watermark); on rocksdb:// "
+            "past LINKWATCH_ENTITY_HELD_MAX the input topics wait for the entity stage",
+            registry=registry,
+        )
+        self.inputs_paused = Counter(
+            "linkwatch_inputs_paused_seconds_total",
+            "Seconds this worker fetched nothing from the input topics while the entity stage "
+            "let records go (linkwatch_entity_records_held past LINKWATCH_ENTITY_HELD_MAX)",
+            registry=registry,
+        )
         self.catch_up_chunks = Counter(
             "linkwatch_catch_up_chunks_total",
             "Chunks of LINKWATCH_FIRE_CHUNK deadlines and expiries decided after a first one, "

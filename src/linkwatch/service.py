@@ -51,6 +51,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
+from linkwatch.backpressure import InputGate
 from linkwatch.codec import Batch, BatchLimits, decode_message
 from linkwatch.commit_table import CommitTable
 from linkwatch.deadletters import DeadLetter, KafkaSource
@@ -980,12 +981,22 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         metrics.state_keys.labels("entities").set_function(lambda: _held(entity_stores))
         metrics.state_cached.labels("entities").set_function(lambda: _cached(entity_stores))
         metrics.state_reads.labels("entities").set_function(lambda: _reads(entity_stores))
+        metrics.entity_held.set_function(lambda: entities.live.held)
         for level in entities.levels:
             metrics.entity_watermark_lag.labels(str(level)).set_function(
                 functools.partial(_entity_lag, entities.live.stages, level)
             )
 
     writers: list[Writer] = [live] if entities is None else [live, entities.live]
+    gate = None
+    if entities is not None and entities.live.held_max:
+        gate = entities.gate = InputGate(
+            app.consumer,
+            frozenset(settings.input_topics.values()),
+            entities.live,
+            in_recovery=lambda: bool(app.in_recovery),
+            on_paused=metrics.inputs_paused.inc,
+        )
 
     @app.agent(inputs, name="linkwatch.journeys")
     async def journeys_agent(stream: faust.StreamT[bytes]) -> None:
@@ -999,6 +1010,8 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         batches = cast(faust.Stream[bytes], stream).take_events  # a Stream; its type omits it
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
+            if gate is not None:
+                await gate.check()
 
     pacer = TickPacer(resend_after_ms=TICK_RESEND_AFTER_MS)
     live.on_tick_read = pacer.read
@@ -1080,6 +1093,7 @@ class _EntityWiring:
     live: LiveEntities
     signals_topic: Any
     levels: list[int]
+    gate: InputGate | None = None  # bounded in memory: see `backpressure`
 
 
 def _entity_stage(
@@ -1129,6 +1143,7 @@ def _entity_stage(
         live.cache_max = settings.state_cache_max
         live.wakeups_dir = settings.data_dir / "wakeups" / f"{settings.app_id}-entities"
         live.fire_chunk = settings.fire_chunk
+        live.held_max = settings.entity_held_max
 
     live.on_oversized = oversized_counter(metrics)
     live.flush_producer = flush_sent(app.producer)
@@ -1139,8 +1154,11 @@ def _entity_stage(
         batches = cast(faust.Stream[bytes], stream).take_events  # a Stream; its type omits it
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
+            if wiring.gate is not None:
+                await wiring.gate.check()  # inputs back as soon as this lets records go
 
-    return _EntityWiring(live, signals, levels)
+    wiring = _EntityWiring(live, signals, levels)
+    return wiring
 
 
 def _tick_sent(pacer: TickPacer, partition: int, sent: asyncio.Future[Any]) -> None:

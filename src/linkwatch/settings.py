@@ -103,6 +103,15 @@ class Settings(BaseSettings):
         "LINKWATCH_STATE_CACHE_MAX, also the entity records a level's watermark wakes); 0: "
         "all at once",
     )
+    entity_held_max: int = Field(
+        default=200_000,
+        ge=0,
+        description="rocksdb:// with LINKWATCH_STATE_CACHE_MAX only: most entity records this "
+        "worker may hold that cannot be let go (changed since the last write, or with signals "
+        "waiting for a level's watermark); past it the input topics are paused while marks "
+        "on their way let some go (a backlog drains faster than the levels follow); 0: no "
+        "bound",
+    )
     journeys_file: Path | None = Field(
         default=None, description="Journeys TOML; unset: the built-in journeys"
     )

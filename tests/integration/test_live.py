@@ -209,14 +209,15 @@ def test_the_rocksdb_store_gives_the_same_triggers(
     """The same oracle check on the RocksDB store (rocksdict): state written in each
     partition's event context, read back, and scanned when partitions are assigned; with
     every state held decoded, and with at most 20 per partition (the rest read back from
-    each partition's database when needed) and deadlines decided 3 at a time (delivered
-    and written before the next 3: `fire_chunk`).
+    each partition's database when needed), deadlines decided 3 at a time (delivered
+    and written before the next 3: `fire_chunk`), and the input topics paused whenever the
+    entity stage holds more than 10 records it cannot let go (`backpressure`).
 
     Not tested here: restarting onto RocksDB state. On Tansu, Faust's recovery refuses it,
     because Tansu under-reports a topic's end offset (README, known limitations)."""
+    bounded = {"fire_chunk": 3, "entity_held_max": 10} if cache_max else {"fire_chunk": 0}
     settings = kafka_settings.model_copy(
-        update=FAST
-        | {"store": "rocksdb://", "state_cache_max": cache_max, "fire_chunk": 3 if cache_max else 0}
+        update=FAST | {"store": "rocksdb://", "state_cache_max": cache_max} | bounded
     )
     lines = list(generate(users=800, seed=23, start_ms=START, bad_ratio=0.01))
     expected, _, records = oracle(lines)
@@ -258,6 +259,7 @@ def test_the_rocksdb_store_gives_the_same_triggers(
         reads = sum_metric(metrics, "linkwatch_state_reads", stage="users")
         entity_reads = sum_metric(metrics, "linkwatch_state_reads", stage="entities")
         chunks = sum_metric(metrics, "linkwatch_catch_up_chunks_total")
+        paused = sum_metric(metrics, "linkwatch_inputs_paused_seconds_total")
         health = run(read_topic(settings, settings.topic_health))
         profiles = run(read_topic(settings, settings.topic_profiles))
         assert worker.terminate(timeout=settings.shutdown_timeout + 5) == 0
@@ -267,7 +269,7 @@ def test_the_rocksdb_store_gives_the_same_triggers(
     print(
         f"users held at most {most:.0f}; (held, decoded): {held}; read back {reads:.0f}; "
         f"chunks of deadlines after a first {chunks:.0f}; entities held at most "
-        f"{most_entities:.0f}, read back {entity_reads:.0f}"
+        f"{most_entities:.0f}, read back {entity_reads:.0f}; inputs paused {paused:.1f} s"
     )
     if cache_max:
         assert most > 400  # many more users than the caches hold...
@@ -278,11 +280,13 @@ def test_the_rocksdb_store_gives_the_same_triggers(
         assert most_entities > 400
         assert min(decoded for keys, decoded in entities if keys == most_entities) < most_entities
         assert entity_reads > 0
+        assert paused > 0  # the entity stage held more than 10 records: the inputs waited
     else:
         assert all(decoded == users for users, decoded in held)
         assert all(decoded == keys for keys, decoded in entities)
         assert reads == entity_reads == 0
         assert chunks == 0
+        assert paused == 0
     # The entity stage decides as replay does, its records in memory or read back.
     assert Counter(canonical(orjson.loads(v)) for _, v in health) == records["health"]
     assert Counter(canonical(orjson.loads(v)) for _, v in profiles) == records["profiles"]
