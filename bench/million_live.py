@@ -2,7 +2,7 @@
 them, with `LINKWATCH_STATE_CACHE_MAX` bounding the states it keeps decoded, against the
 same run with every state decoded (`--cache 0`).
 
-    .venv/bin/python bench/million_live.py [--users 1000000] [--cache 50000]
+    .venv/bin/python bench/million_live.py [--users 1000000] [--cache 50000] [--held-max N]
         [--fire-chunk 10000] [--no-tiers] [--no-fire] [--out F]
 
 An embedded Tansu broker; the carts of bench/million_users.py (one per user, spread over 20
@@ -72,6 +72,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--cache", type=int, default=50_000, help="LINKWATCH_STATE_CACHE_MAX")
+    parser.add_argument(
+        "--held-max",
+        type=int,
+        default=Settings.model_fields["entity_held_max"].default,
+        help="LINKWATCH_ENTITY_HELD_MAX",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--no-fire", action="store_true", help="stop once every cart is consumed")
@@ -99,6 +105,7 @@ def main() -> int:
             log_format="text",
             store="rocksdb://",
             state_cache_max=args.cache,
+            entity_held_max=args.held_max,
             fire_chunk=args.fire_chunk,
             web_port=free_port(),
         )
@@ -130,7 +137,7 @@ def main() -> int:
         began = time.monotonic()
         print(
             f"{'s':>6} {'records':>10} {'users':>10} {'decoded':>8} {'entities':>9} "
-            f"{'read back':>10} "
+            f"{'read back':>10} {'held':>8} "
             f"{'triggers':>9} {'withheld':>9} {'behind s':>9} {'RSS MB':>7}",
             flush=True,
         )
@@ -151,6 +158,9 @@ def main() -> int:
                 "decoded": total(metrics, "linkwatch_state_cached"),
                 "entities": metrics.get('linkwatch_state_keys{stage="entities"}', 0.0),
                 "reads": total(metrics, "linkwatch_state_reads"),
+                # Entity records that cannot be let go, and how long the inputs waited for them.
+                "held": metrics.get("linkwatch_entity_records_held", 0.0),
+                "paused_s": metrics.get("linkwatch_inputs_paused_seconds_total", 0.0),
                 "triggers": total(metrics, "linkwatch_triggers_total"),
                 "withheld": total(metrics, "linkwatch_triggers_withheld_total"),
                 # Decided (sent or withheld): one per user once their deadline has passed.
@@ -172,7 +182,7 @@ def main() -> int:
                 print(
                     f"{now:>6.0f} {sample['records']:>10,.0f} {sample['users']:>10,.0f} "
                     f"{sample['decoded']:>8,.0f} {sample['entities']:>9,.0f} "
-                    f"{sample['reads']:>10,.0f} "
+                    f"{sample['reads']:>10,.0f} {sample['held']:>8,.0f} "
                     f"{sample['triggers']:>9,.0f} {sample['withheld']:>9,.0f} "
                     f"{sample['tiers_behind_s'] or 0:>9,.0f} {sample['rss_mb'] or 0:>7.0f}",
                     flush=True,
@@ -198,9 +208,12 @@ def main() -> int:
     result = {
         "users": args.users,
         "cache": args.cache,
+        "held_max": args.held_max,
         "fire_chunk": args.fire_chunk,
         "tiers": not args.no_tiers,
         "records_per_s": (held_peak["records"] - first["records"]) / (consumed_at - first["s"]),
+        "held_peak": max(sample["held"] for sample in samples),
+        "paused_s": end["paused_s"],
         "all_consumed": held_peak,
         "end": end,
         "samples": samples,
@@ -210,6 +223,10 @@ def main() -> int:
         f"({result['records_per_s']:,.0f} records/s): {held_peak['users']:,.0f} users held, "
         f"{held_peak['decoded']:,.0f} decoded, RSS {held_peak['rss_mb']:.0f} MB, "
         f"peak {held_peak['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"entity records held that cannot be let go: at most {result['held_peak']:,.0f} "
+        f"(bound {args.held_max:,}); the input topics paused {end['paused_s']:,.0f} s for them"
     )
     print(
         f"end: {end['triggers']:,.0f} triggers, {end['withheld']:,.0f} withheld, "
