@@ -4,6 +4,7 @@ stand-in consumer with the semantics of `Consumer.on_buffer_full` / `on_buffer_d
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from linkwatch.backpressure import InputGate
@@ -147,3 +148,23 @@ async def test_a_pause_that_lets_no_record_go_ends_and_the_inputs_flow_as_long()
     clock[0] += 1
     await inputs.check()
     assert consumer.active == set(TICKS)  # room still needed: paused again
+
+
+async def test_the_two_agents_checks_do_not_interleave() -> None:
+    """Each agent checks after its batches; sending the marks lets the event loop run. A
+    check that counted its pause after that could count backwards (a negative increment,
+    which Prometheus refuses, crashed the journeys agent)."""
+    consumer = Consumer({*CLICKS, *TICKS})
+    entities = Entities()
+    entities.needed = True
+    sends = iter([0.01, 0.0])
+
+    async def send_marks() -> None:  # the first send waits on the broker, the second not
+        await asyncio.sleep(next(sends))
+
+    entities.send_marks = send_marks  # type: ignore[method-assign]
+    paused: list[float] = []
+    inputs = gate(consumer, entities, paused)
+    await asyncio.gather(inputs.check(), inputs.check())
+    assert paused == [1.0]
+    assert consumer.active == set(TICKS)

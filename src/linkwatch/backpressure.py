@@ -66,12 +66,17 @@ class InputGate:
 
     async def check(self) -> None:
         """Pause or resume the inputs, as the entity stage needs. Called after each batch of
-        either agent: while paused, ticks keep the journeys agent's batches coming."""
-        now = self.clock()
-        if self.stalled_at is not None and now - self.stalled_at < self.stall_s:
-            return  # the inputs flow a while after a stall
-        if self.entities.room_needed() and not self._stalled(now):
+        either agent: while paused, ticks keep the journeys agent's batches coming. Decided
+        without letting the event loop run (the two agents' checks must not interleave), the
+        marks sent after."""
+        if self._decide(self.clock()):
             await self.entities.send_marks()
+
+    def _decide(self, now: float) -> bool:
+        """Pause or resume; whether paused."""
+        if self.stalled_at is not None and now - self.stalled_at < self.stall_s:
+            return False  # the inputs flow a while after a stall
+        if self.entities.room_needed() and not self._stalled(now):
             # Every time, not once: a rebalance, or Faust's own buffer draining, puts
             # partitions back into the fetches.
             tps = [tp for tp in self.consumer.assignment() if tp.topic in self.topics]
@@ -79,7 +84,8 @@ class InputGate:
                 self.consumer.on_buffer_full(tp)
             self.paused.update(tps)
             self._count(now)
-        elif self.paused_at is not None:
+            return True
+        if self.paused_at is not None:
             if not self.in_recovery():  # (in recovery Faust resumes them when done)
                 assigned = set(self.consumer.assignment())
                 for tp in self.paused & assigned:  # a revoked one must not be fetched
@@ -87,6 +93,7 @@ class InputGate:
             self._count(now)
             self.paused.clear()
             self.paused_at = None
+        return False
 
     def _stalled(self, now: float) -> bool:
         held = self.entities.held
@@ -102,5 +109,5 @@ class InputGate:
 
     def _count(self, now: float) -> None:
         if self.paused_at is not None:
-            self.on_paused(now - self.paused_at)
+            self.on_paused(max(0.0, now - self.paused_at))
         self.paused_at = now

@@ -1011,7 +1011,7 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
             if gate is not None:
-                await gate.check()
+                await check_gate(gate)
 
     pacer = TickPacer(resend_after_ms=TICK_RESEND_AFTER_MS)
     live.on_tick_read = pacer.read
@@ -1155,10 +1155,19 @@ def _entity_stage(
         async for batch in batches(settings.batch_max, settings.batch_within):
             await live.on_batch(batch)
             if wiring.gate is not None:
-                await wiring.gate.check()  # inputs back as soon as this lets records go
+                await check_gate(wiring.gate)  # inputs back as soon as this lets records go
 
     wiring = _EntityWiring(live, signals, levels)
     return wiring
+
+
+async def check_gate(gate: InputGate) -> None:
+    """An agent that raises is restarted by Faust, and the records it had buffered are lost
+    to it (`_check_gap` logs them): the gate must cost at most its bound, never that."""
+    try:
+        await gate.check()
+    except Exception:
+        log.exception("the input gate failed")
 
 
 def _tick_sent(pacer: TickPacer, partition: int, sent: asyncio.Future[Any]) -> None:
