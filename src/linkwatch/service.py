@@ -1046,6 +1046,28 @@ def create_app(settings: Settings, journeys: JourneySet | None = None) -> LinkWa
                 {tp.partition for tp in revoked if tp.topic == settings.topic_signals}
             )
 
+    stop_tables = app.tables.stop
+
+    async def write_then_stop_tables() -> None:
+        """Stopping, Faust closes the tables (their RocksDB databases) before its consumer's
+        last commit, whose writes of the states changed since the one before then failed
+        ("lock hold by current process", the worker's exit a crash; their records replayed
+        at the next start). Its streams are empty by now: commit here, while the tables are
+        open, then let every partition go, so that nothing is left to write later."""
+        try:
+            commit = cast(Any, app.consumer).force_commit  # (ours: `write_before_commits`)
+            await asyncio.wait_for(commit(), settings.shutdown_timeout)
+        except Exception:
+            log.exception("the last commit before the tables close failed; replayed at start")
+        async with live.lock:
+            live.forget(set(live.processors))
+        if entities is not None:
+            async with entities.live.lock:
+                entities.live.forget(set(entities.live.stages))
+        await stop_tables()
+
+    app.tables.stop = write_then_stop_tables  # type: ignore[method-assign]
+
     async def on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.partitions.set(len(linkwatch.assigned_partitions()))
 

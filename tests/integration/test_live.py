@@ -293,3 +293,30 @@ def test_the_rocksdb_store_gives_the_same_triggers(
     ids = trigger_ids(run(read_topic(settings, settings.topic_triggers)))
     assert set(ids) == expected_ids
     assert len(ids) == len(expected_ids)
+
+
+def test_a_worker_stopped_mid_stream_on_rocksdb_writes_its_states_and_exits_cleanly(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """Stopping, Faust closes the tables before its consumer's last commit. That commit's
+    writes of what changed since the one before (entity records on rocksdb://, most often)
+    then found their RocksDB databases closed and could not open them again ("lock hold by
+    current process"): a crash on the way out. The worker now commits while the tables are
+    open, and lets its partitions go before they close."""
+    settings = kafka_settings.model_copy(
+        update=FAST | {"store": "rocksdb://", "state_cache_max": 20, "commit_interval": 0.2}
+    )
+    lines = list(generate(users=4000, seed=29, start_ms=START, bad_ratio=0.0))
+    run(prepare(settings))
+    with WorkerProcess(settings, tmp_path) as worker:
+        run(produce(settings, lines))
+
+        def busy() -> bool:  # well into the records
+            return sum_metric(worker.metrics(), "linkwatch_events_total") > len(lines) / 4
+
+        assert wait_for(busy, timeout=120, interval=0.2), worker.tail_log()
+        code = worker.terminate(timeout=settings.shutdown_timeout + 20)
+        log = worker.log_path.read_text(errors="replace")
+    assert "Crashed" not in log, worker.tail_log(80)
+    assert "lock hold" not in log, worker.tail_log(80)
+    assert code == 0, worker.tail_log(80)
