@@ -336,9 +336,9 @@ class LiveEntities:
     def _marks_on_the_way(self) -> bool:
         """Whether a mark this worker sent (stage 1's, or a level's here) has yet to reach
         one of its partitions: what lets waiting signals go without more from stage 1."""
-        for partition in self.stages:
+        for partition, stage in self.stages.items():
             received = self.marks.get(partition, {})
-            levels = self.stages[partition].watermarks  # (it takes no other level's marks)
+            levels = stage.watermarks  # (it takes no other level's marks)
             for (level, source), watermark in self.outbox.marked.items():
                 if level in levels and received.get(level, {}).get(source, -1) < watermark:
                     return True
@@ -742,7 +742,7 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
         if self.get(key) is None:
             self._size += 1
         self._held[key] = record
-        self._clean.values.pop(key, None)
+        self._clean.forget(key)
         self._gone.discard(key)
 
     def __delitem__(self, key: str) -> None:
@@ -750,7 +750,7 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
             raise KeyError(key)
         self._size -= 1
         self._held.pop(key, None)
-        self._clean.values.pop(key, None)
+        self._clean.forget(key)
         self._gone.add(key)
 
     def __len__(self) -> int:
@@ -795,13 +795,10 @@ class CachedRecords(MutableMapping[str, EntityRecord]):
         big): held no longer, unless it still has signals waiting or was not stored."""
         if record is None:
             self._gone.discard(key)
-            self._clean.values[key] = ABSENT
+            self._clean.put(key, ABSENT)
         elif stored and not record.pending:
             self._held.pop(key, None)
-            self._clean.values[key] = record
-        else:
-            return
-        self._clean.trim()
+            self._clean.put(key, record)
 
 
 class EntityRecordStore(WriteBackStore[EntityRecord]):

@@ -235,6 +235,15 @@ class ReadBack:
         self.trim()
         return found
 
+    def put(self, key: str, value: Any) -> None:
+        """`value` (or ABSENT) is what the database now holds for `key`."""
+        self.values[key] = value
+        self.trim()
+
+    def forget(self, key: str) -> None:
+        """`key` is held elsewhere now (changed, not written yet)."""
+        self.values.pop(key, None)
+
     def decoded(self, key: str, raw: bytes) -> Any:
         """`raw`'s value (a pass over the database), from the cache if it holds one: nothing
         is cached."""
@@ -316,7 +325,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     def __setitem__(self, key: str, value: V) -> None:
         if self._lookup(key) is ABSENT:
             self._size += 1
-        self._clean.values.pop(key, None)
+        self._clean.forget(key)
         self._unwritable.pop(key, None)
         self._changed[key] = value
 
@@ -324,7 +333,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
         if self._lookup(key) is ABSENT:
             raise KeyError(key)
         self._size -= 1
-        self._clean.values.pop(key, None)
+        self._clean.forget(key)
         self._unwritable.pop(key, None)
         self._changed[key] = None
 
@@ -382,7 +391,7 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
     def write(self, changes: Changes[V]) -> int:
         """As `WriteBackStore.write`; the values written may then be evicted."""
         written = 0
-        clean, writing, changed = self._clean.values, self._writing, self._changed
+        clean, writing, changed = self._clean, self._writing, self._changed
         for key, value in changes:
             raw = None if value is None else self._encode(key, value, self.partition)
             stored = write_key(self._table, key, raw, self)
@@ -393,10 +402,9 @@ class CachedStore(MutableMapping[str, V], Generic[V]):
             if key in changed:
                 continue  # changed since: newer
             if stored:
-                clean[key] = ABSENT if value is None else value
+                clean.put(key, ABSENT if value is None else value)
             else:
                 self._unwritable[key] = cast(V, value)
-        self._clean.trim()
         return written
 
 
