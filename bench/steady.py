@@ -84,8 +84,10 @@ def summarize(raw_profile: Path) -> Counter[str]:
     return samples
 
 
-async def records_in(settings: Settings, topic: str) -> int:
-    """How many records `topic` holds (read to the end: Tansu's end offsets are unreliable).
+async def records_in(settings: Settings, topic: str, until_ms: int) -> int:
+    """How many records `topic` held at `until_ms` (read to the end: Tansu's end offsets are
+    unreliable). The worker still runs meanwhile and its ticks keep sending marks, so a
+    partition is done at its first record produced after `until_ms`, or once it is quiet.
     A consumer of its own: once assigned, a consumer's metadata covers only what it holds."""
     consumer = AIOKafkaConsumer(**settings.aiokafka_options(), enable_auto_commit=False)
     await consumer.start()
@@ -96,10 +98,14 @@ async def records_in(settings: Settings, topic: str) -> int:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             quiet = 0
-            while quiet < 3:
-                batch = await consumer.getmany(timeout_ms=300, max_records=50_000)
+            while quiet < 3 and tps:
+                batch = await consumer.getmany(*tps, timeout_ms=300, max_records=50_000)
                 quiet = 0 if batch else quiet + 1
-                count += sum(len(messages) for messages in batch.values())
+                for tp, messages in batch.items():
+                    before = [m for m in messages if m.timestamp <= until_ms]
+                    count += len(before)
+                    if len(before) < len(messages):
+                        tps.remove(tp)
         return count
     finally:
         await consumer.stop()
@@ -185,7 +191,10 @@ def main() -> None:
                     f"{settings.app_id}-states-changelog",
                     f"{settings.app_id}-entities-changelog",
                 ]
-                produced = {topic: asyncio.run(records_in(settings, topic)) for topic in topics}
+                until_ms = int(time.time() * 1000)
+                produced = {
+                    topic: asyncio.run(records_in(settings, topic, until_ms)) for topic in topics
+                }
     rate = (handled1 - handled0) / (t1 - t0)
     cpu = (cpu1 - cpu0) / (t1 - t0)
     print(
