@@ -7,6 +7,7 @@ order."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,7 @@ from linkwatch.entities import (
 from linkwatch.live_entities import (
     PACKED_MAX_BYTES,
     WAITING_PREFIX,
+    BoundedMemory,
     EntityRecordStore,
     LiveEntities,
     SignalOutbox,
@@ -365,10 +367,17 @@ def bounded(log: Log, where: Path, cache: int = 2, table: RecordingTable | None 
     if table is not None:
         entities.records = table
     records = entities.records
-    entities.partition_db = lambda partition: (records.get, lambda: list(records.items()))
-    entities.cache_max = cache
-    entities.wakeups_dir = where
+    entities.bounded = BoundedMemory(
+        partition_db=lambda partition: (records.get, lambda: list(records.items())),
+        cache_max=cache,
+        wakeups_dir=where,
+    )
     return entities
+
+
+def bound(entities: Any, **changes: Any) -> None:
+    """Change how `entities` (made by `bounded`) is bounded: `fire_chunk`, `held_max`."""
+    entities.bounded = replace(entities.bounded, **changes)
 
 
 def traffic(hours: int = 6, names: str = "abcdefghij") -> list[list[Event]]:
@@ -499,7 +508,7 @@ async def test_a_watermark_past_more_records_than_a_chunk_delivers_and_writes_th
     everything = live(everything_log)
     chunked_log: Log = []
     chunked = bounded(chunked_log, tmp_path)
-    chunked.fire_chunk = 3
+    bound(chunked, fire_chunk=3)
     for batch in traffic():
         await everything.on_batch(batch)
         await chunked.on_batch(batch)
@@ -525,11 +534,11 @@ async def test_room_is_needed_past_the_bound_only_while_marks_are_on_their_way(
     held = entities.held
     assert held == sum(1 for _, record in entities.stores[0].items() if record.pending) > 0
     entities.outbox.add_mark(2, 0, HOUR + 1)  # stage 1's, in batch 1 (after its signals)
-    entities.held_max = held
+    bound(entities, held_max=held)
     assert not entities.room_needed()  # within the bound
-    entities.held_max = 0
+    bound(entities, held_max=0)
     assert not entities.room_needed()  # no bound
-    entities.held_max = held - 1
+    bound(entities, held_max=held - 1)
     assert entities.room_needed()
     store = entities.stores[0]
     waiting = {sig.signal_id for _, record in store.items() for sig in record.pending}
@@ -545,7 +554,7 @@ async def test_room_is_needed_past_the_bound_only_while_marks_are_on_their_way(
 async def test_a_mark_of_a_level_past_this_stages_is_not_waited_for(tmp_path: Path) -> None:
     entities = bounded([], tmp_path)
     await entities.on_batch(traffic()[0])
-    entities.held_max = 1
+    bound(entities, held_max=1)
     entities.outbox.add_mark(7, 0, HOUR)  # the stage has levels 2 and 3: it ignores this
     assert not entities.room_needed()
 
@@ -559,7 +568,7 @@ async def test_the_marks_held_for_the_next_level_can_be_sent_at_once(tmp_path: P
     assert orjson.loads(batch[-1].message.value)["mark"] == 3
     await entities.on_batch(batch[:-1])  # level 2's mark earns level 3's here instead
     assert not marks_sent(log)  # it waits in the outbox
-    entities.held_max = entities.held - 1
+    bound(entities, held_max=entities.held - 1)
     assert entities.room_needed()
     await entities.send_marks()
     assert marks_sent(log) == [{"mark": 3, "from": 0, "watermark": 1}]

@@ -202,6 +202,22 @@ class SignalOutbox:
             await deliver_all(self.send, messages)
 
 
+@dataclass(frozen=True)
+class BoundedMemory:
+    """How a worker on rocksdb:// keeps its entity records bounded in memory."""
+
+    partition_db: Callable[[int], tuple[Reader, Scanner]]  # a partition's (read, scan)
+    # Records decoded at most besides those that must be (`CachedRecords`).
+    cache_max: int
+    wakeups_dir: Path  # the wake-up indexes, on disk
+    # Records a watermark decides at most before the outputs so far are delivered and the
+    # partition's records written (`_on_mark`); 0: all at once.
+    fire_chunk: int = 0
+    # Past this many records held that cannot be let go (`held`), stage 1 takes in no more
+    # records while marks are on their way here (`room_needed`); 0: no bound.
+    held_max: int = 0
+
+
 @dataclass
 class LiveEntities:
     # (store) or, bounded in memory, (store, wake-up indexes by level) → a stage over them
@@ -222,18 +238,9 @@ class LiveEntities:
     outbox: SignalOutbox = field(default=None)  # type: ignore[assignment]
     stages: dict[int, EntityStage] = field(default_factory=dict)
     stores: dict[int, EntityRecordStore] = field(default_factory=dict)
-    # Bounded in memory (rocksdb://): each partition's (read, scan) of its database, at most
-    # `cache_max` records decoded besides those that must be (`CachedRecords`), and the
-    # wake-up indexes on disk under `wakeups_dir`. Without: every record decoded, in a dict.
-    partition_db: Callable[[int], tuple[Reader, Scanner]] | None = None
-    cache_max: int = 0
-    wakeups_dir: Path | None = None
-    # With them: records a watermark decides at most before the outputs so far are delivered
-    # and the partition's records written (`_on_mark`); 0: all at once.
-    fire_chunk: int = 0
-    # Bounded in memory: past this many records held that cannot be let go (`held`), stage 1
-    # takes in no more records while marks are on their way here (`room_needed`); 0: none.
-    held_max: int = 0
+    # rocksdb:// with a state cache: records bounded in memory. None: every record decoded,
+    # in a dict, and a watermark decides all it passes at once.
+    bounded: BoundedMemory | None = None
     # partition → level → upstream partition → latest mark
     marks: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)
     # As the journeys agent's (see `LiveJourneys`): records wait for the next offset commit.
@@ -278,11 +285,12 @@ class LiveEntities:
 
         cache: CachedRecords | None = None
         wakeups: dict[int, Wakeups] | None = None
-        if self.partition_db is None:
+        bounded = self.bounded
+        if bounded is None:
             loaded = load_partitions(self.records, {partition}, decode)[partition]
             records, waiting = _recover(loaded, probe, watermarks)
         else:
-            read, scan = self.partition_db(partition)
+            read, scan = bounded.partition_db(partition)
             loaded, size = _load_waiting(read, scan, decode)
             records, waiting = _recover(loaded, probe, watermarks)
             size += sum(1 for key in records if not isinstance(loaded.get(key), _Stored))
@@ -291,10 +299,8 @@ class LiveEntities:
                 value = decode(key, raw)[1]
                 return value.record if isinstance(value, _Stored) else None
 
-            cache = CachedRecords(records, decode_record, read, scan, self.cache_max, size)
-            if self.wakeups_dir is None:
-                raise ValueError("a store bounded in memory needs wakeups_dir for its indexes")
-            where = self.wakeups_dir
+            cache = CachedRecords(records, decode_record, read, scan, bounded.cache_max, size)
+            where = bounded.wakeups_dir
             wakeups = {level: DiskWakeups(where / f"{partition}-{level}") for level in probe.levels}
         store = EntityRecordStore(
             self.records, partition, records, _state_dumper(probe), waiting, cache
@@ -351,7 +357,13 @@ class LiveEntities:
         per level, each behind the signals queued on the topic), and every record with a
         signal between them waits in memory. Without marks on their way only stage 1's next
         one lets a record go: then it must go on."""
-        return bool(self.held_max) and self.held > self.held_max and self._marks_on_the_way()
+        held_max = self.held_max
+        return bool(held_max) and self.held > held_max and self._marks_on_the_way()
+
+    @property
+    def held_max(self) -> int:
+        """The bound `room_needed` keeps; 0: none."""
+        return 0 if self.bounded is None else self.bounded.held_max
 
     async def send_marks(self) -> None:
         """Send the marks the outbox holds now, not at the next write: each level's hop would
@@ -481,7 +493,8 @@ class LiveEntities:
         current = stage.watermarks[level]
         if current is not None and target <= current:
             return True
-        for n, chunk in enumerate(stage.advance_chunks(level, target, self.fire_chunk)):
+        fire_chunk = 0 if self.bounded is None else self.bounded.fire_chunk
+        for n, chunk in enumerate(stage.advance_chunks(level, target, fire_chunk)):
             if n:
                 await self._write_decided(partition, outputs)
             outputs.extend(chunk)

@@ -72,7 +72,7 @@ from linkwatch.events import Event, parse_ts
 from linkwatch.faust_sensor import setup_faust_sensor
 from linkwatch.hotreload import JourneysWatcher
 from linkwatch.journeys import JourneySet, load_journeys, parse_duration
-from linkwatch.live_entities import LiveEntities, PartitionOf, SignalOutbox
+from linkwatch.live_entities import BoundedMemory, LiveEntities, PartitionOf, SignalOutbox
 from linkwatch.logs import traceback_without_text, user_ref, user_ref_key
 from linkwatch.metrics import Metrics
 from linkwatch.partition import Backlog, PartitionProcessor
@@ -1161,11 +1161,13 @@ def _entity_stage(
     )
     if settings.state_cache_max and settings.on_rocksdb:
         # As the users' stores (`LiveJourneys._stores_of`): a tier record per user adds up.
-        live.partition_db = functools.partial(partition_db, records)
-        live.cache_max = settings.state_cache_max
-        live.wakeups_dir = settings.data_dir / "wakeups" / f"{settings.app_id}-entities"
-        live.fire_chunk = settings.fire_chunk
-        live.held_max = settings.entity_held_max
+        live.bounded = BoundedMemory(
+            partition_db=functools.partial(partition_db, records),
+            cache_max=settings.state_cache_max,
+            wakeups_dir=settings.data_dir / "wakeups" / f"{settings.app_id}-entities",
+            fire_chunk=settings.fire_chunk,
+            held_max=settings.entity_held_max,
+        )
 
     live.on_oversized = oversized_counter(metrics)
     live.flush_producer = flush_sent(app.producer)
